@@ -270,7 +270,9 @@ mod tests {
 
     #[test]
     fn runner_id_accepts_upper_case_hex_and_formats_lower_case() {
-        let id: RunnerId = "7-0123ABCD-89AB-CDEF-0123-456789ABCDEF".parse().expect("valid");
+        let id: RunnerId = "7-0123ABCD-89AB-CDEF-0123-456789ABCDEF"
+            .parse()
+            .expect("valid");
         assert_eq!(id.to_string(), "7-0123abcd-89ab-cdef-0123-456789abcdef");
         assert_eq!(id.environment(), EnvironmentId(7));
     }
@@ -280,15 +282,39 @@ mod tests {
         let cases = [
             ("", IdError::MissingSeparator),
             ("12", IdError::MissingSeparator),
-            ("-0123abcd-89ab-cdef-0123-456789abcdef", IdError::MalformedEnvironmentId),
-            ("+1-0123abcd-89ab-cdef-0123-456789abcdef", IdError::MalformedEnvironmentId),
-            ("x-0123abcd-89ab-cdef-0123-456789abcdef", IdError::MalformedEnvironmentId),
-            ("99999999999999999999-0123abcd-89ab-cdef-0123-456789abcdef", IdError::MalformedEnvironmentId),
+            (
+                "-0123abcd-89ab-cdef-0123-456789abcdef",
+                IdError::MalformedEnvironmentId,
+            ),
+            (
+                "+1-0123abcd-89ab-cdef-0123-456789abcdef",
+                IdError::MalformedEnvironmentId,
+            ),
+            (
+                "x-0123abcd-89ab-cdef-0123-456789abcdef",
+                IdError::MalformedEnvironmentId,
+            ),
+            (
+                "99999999999999999999-0123abcd-89ab-cdef-0123-456789abcdef",
+                IdError::MalformedEnvironmentId,
+            ),
             ("1-0123abcd", IdError::MalformedUuid),
-            ("1-0123abcd-89ab-cdef-0123-456789abcdeg", IdError::MalformedUuid),
-            ("1-0123abcd089ab-cdef-0123-456789abcdef", IdError::MalformedUuid),
-            ("1-0123abcd-89ab-cdef-0123-456789abcdef0", IdError::MalformedUuid),
-            ("1-0123abcd-89ab-cdef-0123-4567-9abcdef", IdError::MalformedUuid),
+            (
+                "1-0123abcd-89ab-cdef-0123-456789abcdeg",
+                IdError::MalformedUuid,
+            ),
+            (
+                "1-0123abcd089ab-cdef-0123-456789abcdef",
+                IdError::MalformedUuid,
+            ),
+            (
+                "1-0123abcd-89ab-cdef-0123-456789abcdef0",
+                IdError::MalformedUuid,
+            ),
+            (
+                "1-0123abcd-89ab-cdef-0123-4567-9abcdef",
+                IdError::MalformedUuid,
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(text.parse::<RunnerId>(), Err(expected), "{text:?}");
@@ -323,6 +349,9 @@ mod tests {
         assert_ne!(a[0], a[1]);
         let text = a[0].to_string();
         assert_eq!(&text[14..15], "4", "version nibble in {text}");
-        assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"), "variant in {text}");
+        assert!(
+            matches!(&text[19..20], "8" | "9" | "a" | "b"),
+            "variant in {text}"
+        );
     }
 }

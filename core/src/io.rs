@@ -247,6 +247,19 @@ pub struct ClaimMark {
     pub inactivity_timeout: Option<Duration>,
 }
 
+/// What the backend persists about a runner, so that a restarted manager knows who holds what.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunnerMark {
+    /// Never claimed, or restarted clean since: may be handed out.
+    #[default]
+    Idle,
+    /// Claimed.
+    Claimed(ClaimMark),
+    /// Released or otherwise given up while its stop failed: dirty, must never be handed out,
+    /// must be stopped by whoever finds it.
+    Retired,
+}
+
 /// The backend's full view of environments and runners, for reconciliation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
@@ -266,8 +279,8 @@ pub struct InventoryRunner {
     pub id: RunnerId,
     /// Whether it is up.
     pub status: InventoryStatus,
-    /// The claim persisted for it, if any.
-    pub claim: Option<ClaimMark>,
+    /// What is persisted about its claim.
+    pub mark: RunnerMark,
 }
 
 /// A runner's state as the backend reports it.
@@ -310,14 +323,14 @@ pub enum Effect {
         /// The runner.
         runner: RunnerId,
     },
-    /// Persist a runner's claim (or its absence). Report a failed claim with
-    /// [`Input::ClaimMarkFailed`]; a failed unmark needs no report (the next reconciliation
-    /// repeats it).
+    /// Persist what is known about a runner's claim. Report a failed [`RunnerMark::Claimed`]
+    /// with [`Input::ClaimMarkFailed`]; other failures need no report (reconciliation and stop
+    /// retries repeat them).
     MarkRunner {
         /// The runner.
         runner: RunnerId,
-        /// The claim, or `None` for idle.
-        claim: Option<ClaimMark>,
+        /// The mark.
+        mark: RunnerMark,
     },
     /// Collect an [`Inventory`] and hand it to [`Input::Reconcile`].
     RequestInventory,

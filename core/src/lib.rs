@@ -62,7 +62,7 @@ pub use ids::{EnvironmentId, ExecutionId, IdError, IdSource, Lease, RunnerId, Se
 pub use io::{
     ClaimError, ClaimMark, Claimed, DownCause, Effect, EnvironmentStats, Event, Input, Inventory,
     InventoryRunner, InventoryStatus, LeaseEndCause, PutError, PutOutcome, Reply, RunnerError,
-    UnknownEnvironment,
+    RunnerMark, UnknownEnvironment,
 };
 pub use manager::{InvariantViolation, Manager, ManagerConfig};
 pub use spec::{

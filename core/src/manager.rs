@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::ids::{EnvironmentId, ExecutionId, IdSource, Lease, RunnerId};
 use crate::io::{
     ClaimError, ClaimMark, Claimed, DownCause, Effect, EnvironmentStats, Event, Input,
-    LeaseEndCause, PutError, PutOutcome, Reply, RunnerError, UnknownEnvironment,
+    LeaseEndCause, PutError, PutOutcome, Reply, RunnerError, RunnerMark, UnknownEnvironment,
 };
 use crate::spec::{EnvironmentSpec, MappedPort};
 use crate::time::Timestamp;
@@ -55,6 +55,11 @@ pub struct ManagerConfig {
     pub environments_max: usize,
     /// At most this many open executions per runner.
     pub executions_per_runner_max: usize,
+    /// The first lease this manager issues. Leases only grow within one manager, and the
+    /// reconciliation lifts the counter above every lease it finds persisted; to make leases
+    /// unique across restarts too, the server starts each process above the last one (it passes
+    /// wall-clock microseconds), the simulation a value derived from its seed.
+    pub first_lease: u64,
 }
 
 impl Default for ManagerConfig {
@@ -73,6 +78,7 @@ impl Default for ManagerConfig {
             tombstones_max: 100_000,
             environments_max: 10_000,
             executions_per_runner_max: 64,
+            first_lease: 1,
         }
     }
 }
@@ -93,6 +99,10 @@ pub struct Manager {
     tombstones: BTreeMap<RunnerId, Timestamp>,
     /// The same, in removal order, for expiry and for the size bound.
     tombstone_order: VecDeque<(Timestamp, RunnerId)>,
+    /// Deleted environments and when, so that a stale inventory does not bring them back.
+    /// Pruned on use: entries older than the tombstone lifetime go, and there are never more
+    /// than `environments_max`.
+    deleted_environments: BTreeMap<EnvironmentId, Timestamp>,
     /// The next lease to issue. Only grows.
     next_lease: u64,
     /// When the last inventory was asked for and not yet received.
@@ -184,6 +194,10 @@ enum RunnerState {
     Stopping {
         attempts: u32,
         retry_at: Option<Timestamp>,
+        /// Whether the backend may hold a claim mark for it. If its stop fails, the mark is
+        /// replaced by [`RunnerMark::Retired`], so that a restarted manager stops it instead of
+        /// adopting a claim nobody holds.
+        dirty: bool,
     },
 }
 
@@ -234,6 +248,7 @@ impl Manager {
     /// asked for right away, so a fresh manager learns what the backend already runs.
     pub fn new(config: ManagerConfig, ids: Box<dyn IdSource>) -> Self {
         let mut manager = Self {
+            next_lease: config.first_lease.max(1),
             config,
             ids,
             now: Timestamp::ZERO,
@@ -242,7 +257,7 @@ impl Manager {
             timers: BTreeSet::new(),
             tombstones: BTreeMap::new(),
             tombstone_order: VecDeque::new(),
-            next_lease: 1,
+            deleted_environments: BTreeMap::new(),
             inventory_requested_at: None,
             next_reconcile: None,
             effects: VecDeque::new(),
@@ -343,6 +358,7 @@ impl Manager {
                 PutOutcome::Updated
             }
             None => {
+                self.deleted_environments.remove(&id);
                 if self.environments.len() >= self.config.environments_max {
                     return Err(PutError::TooManyEnvironments(self.config.environments_max));
                 }
@@ -379,6 +395,7 @@ impl Manager {
         if self.remove_environment(id).is_none() {
             return Err(UnknownEnvironment);
         }
+        self.remember_deleted_environment(now, id);
         let runners: Vec<RunnerId> = self
             .runners_of(id)
             .filter(|(_, runner)| !matches!(runner.state, RunnerState::Stopping { .. }))
@@ -439,7 +456,7 @@ impl Manager {
             .expect("the chosen runner exists");
         self.effects.push_back(Effect::MarkRunner {
             runner,
-            claim: Some(ClaimMark {
+            mark: RunnerMark::Claimed(ClaimMark {
                 lease,
                 inactivity_timeout,
             }),
@@ -555,11 +572,13 @@ impl Manager {
     /// The outcome of [`Effect::StopRunner`].
     pub fn stop_finished(&mut self, now: Timestamp, runner: RunnerId, ok: bool) {
         let now = self.advance(now);
-        let Some(RunnerState::Stopping { attempts, .. }) = self.runners.get(&runner).map(|r| &r.state)
+        let Some(RunnerState::Stopping {
+            attempts, dirty, ..
+        }) = self.runners.get(&runner).map(|r| &r.state)
         else {
             return;
         };
-        let attempts = *attempts;
+        let (attempts, dirty) = (*attempts, *dirty);
         if ok {
             self.remove_runner(now, runner);
         } else if attempts >= self.config.stop_attempts_max {
@@ -576,8 +595,15 @@ impl Manager {
                 *state = RunnerState::Stopping {
                     attempts,
                     retry_at: Some(now + backoff),
+                    dirty,
                 };
             });
+            if dirty {
+                self.effects.push_back(Effect::MarkRunner {
+                    runner,
+                    mark: RunnerMark::Retired,
+                });
+            }
         }
         self.debug_check();
     }
@@ -586,7 +612,10 @@ impl Manager {
     /// twice after a restart. A report for an older lease is ignored.
     pub fn claim_mark_failed(&mut self, now: Timestamp, runner: RunnerId, lease: Lease) {
         let now = self.advance(now);
-        if self.claimed(runner).is_some_and(|claim| claim.lease == lease) {
+        if self
+            .claimed(runner)
+            .is_some_and(|claim| claim.lease == lease)
+        {
             self.begin_stop(now, runner, LeaseEndCause::ClaimNotPersisted);
         }
         self.debug_check();
@@ -609,8 +638,10 @@ impl Manager {
         match state {
             RunnerState::Starting { clear_mark, .. } => {
                 if *clear_mark {
-                    self.effects
-                        .push_back(Effect::MarkRunner { runner, claim: None });
+                    self.effects.push_back(Effect::MarkRunner {
+                        runner,
+                        mark: RunnerMark::Idle,
+                    });
                 }
                 self.update_runner(runner, |state| *state = RunnerState::Idle { ports });
                 self.update_environment(runner.environment(), |environment| {
@@ -664,7 +695,13 @@ impl Manager {
                 let deadline = now + self.config.start_timeout;
                 self.update_runner(runner, |state| {
                     let clear_mark = was_claimed
-                        || matches!(state, RunnerState::Starting { clear_mark: true, .. });
+                        || matches!(
+                            state,
+                            RunnerState::Starting {
+                                clear_mark: true,
+                                ..
+                            }
+                        );
                     *state = RunnerState::Starting {
                         deadline,
                         clear_mark,
@@ -728,19 +765,26 @@ impl Manager {
         }
         match &current.state {
             RunnerState::Starting { .. } => {
-                self.begin_stop(now, runner, LeaseEndCause::Backend(DownCause::FailedToStart));
+                self.begin_stop(
+                    now,
+                    runner,
+                    LeaseEndCause::Backend(DownCause::FailedToStart),
+                );
                 self.record_start_failure(now, runner.environment());
                 self.upkeep(now, runner.environment());
             }
             RunnerState::Claimed(_) => {
                 self.begin_stop(now, runner, LeaseEndCause::InactivityTimeout);
             }
-            RunnerState::Stopping { attempts, .. } => {
-                let attempts = *attempts + 1;
+            RunnerState::Stopping {
+                attempts, dirty, ..
+            } => {
+                let (attempts, dirty) = (*attempts + 1, *dirty);
                 self.update_runner(runner, |state| {
                     *state = RunnerState::Stopping {
                         attempts,
                         retry_at: None,
+                        dirty,
                     };
                 });
                 self.effects.push_back(Effect::StopRunner { runner });
@@ -781,7 +825,9 @@ impl Manager {
 
     /// The spec of an environment.
     pub fn environment(&self, id: EnvironmentId) -> Option<&EnvironmentSpec> {
-        self.environments.get(&id).map(|environment| &*environment.spec)
+        self.environments
+            .get(&id)
+            .map(|environment| &*environment.spec)
     }
 
     /// All environments, in id order.
@@ -796,6 +842,21 @@ impl Manager {
     pub fn claimed_runner(&self, runner: RunnerId) -> Option<(Lease, &[MappedPort])> {
         self.claimed(runner)
             .map(|claim| (claim.lease, claim.ports.as_slice()))
+    }
+
+    /// Every claimed runner and its lease, in id order.
+    pub fn claimed_runners(&self) -> impl Iterator<Item = (RunnerId, Lease)> + '_ {
+        self.runners
+            .iter()
+            .filter_map(|(id, runner)| match &runner.state {
+                RunnerState::Claimed(claim) => Some((*id, claim.lease)),
+                _ => None,
+            })
+    }
+
+    /// The environments, in id order.
+    pub fn environment_ids(&self) -> impl Iterator<Item = EnvironmentId> + '_ {
+        self.environments.keys().copied()
     }
 
     /// The open executions of a claimed runner.
@@ -951,11 +1012,20 @@ impl Manager {
         if let Some(RunnerState::Stopping { .. }) = self.runners.get(&runner).map(|r| &r.state) {
             return;
         }
-        self.end_lease(runner, cause);
+        let was_claimed = self.end_lease(runner, cause);
         let updated = self.update_runner(runner, |state| {
+            let dirty = was_claimed
+                || matches!(
+                    state,
+                    RunnerState::Starting {
+                        clear_mark: true,
+                        ..
+                    }
+                );
             *state = RunnerState::Stopping {
                 attempts: 1,
                 retry_at: None,
+                dirty,
             };
         });
         if updated.is_some() {
@@ -1097,6 +1167,26 @@ impl Manager {
             }
             self.forget_oldest_tombstone();
         }
+    }
+
+    fn remember_deleted_environment(&mut self, now: Timestamp, id: EnvironmentId) {
+        self.prune_deleted_environments(now);
+        while self.deleted_environments.len() >= self.config.environments_max.max(1) {
+            let oldest = self
+                .deleted_environments
+                .iter()
+                .min_by_key(|(id, deleted_at)| (**deleted_at, **id))
+                .map(|(id, _)| *id)
+                .expect("not empty");
+            self.deleted_environments.remove(&oldest);
+        }
+        self.deleted_environments.insert(id, now);
+    }
+
+    fn prune_deleted_environments(&mut self, now: Timestamp) {
+        let ttl = self.config.tombstone_ttl;
+        self.deleted_environments
+            .retain(|_, deleted_at| *deleted_at + ttl > now);
     }
 
     fn insert_environment(&mut self, id: EnvironmentId, environment: Environment) {

@@ -163,15 +163,36 @@ mod tests {
     #[test]
     fn each_bound_is_enforced_with_its_own_error() {
         let cases: Vec<(fn(&mut EnvironmentSpec), SpecError)> = vec![
-            (|s| s.prewarming_pool_size = POOL_SIZE_MAX + 1, SpecError::PoolTooLarge(POOL_SIZE_MAX + 1)),
-            (|s| s.cpu_limit = CPU_LIMIT_MHZ_MAX + 1, SpecError::CpuLimitTooLarge(CPU_LIMIT_MHZ_MAX + 1)),
-            (|s| s.memory_limit = MEMORY_LIMIT_MB_MAX + 1, SpecError::MemoryLimitTooLarge(MEMORY_LIMIT_MB_MAX + 1)),
+            (
+                |s| s.prewarming_pool_size = POOL_SIZE_MAX + 1,
+                SpecError::PoolTooLarge(POOL_SIZE_MAX + 1),
+            ),
+            (
+                |s| s.cpu_limit = CPU_LIMIT_MHZ_MAX + 1,
+                SpecError::CpuLimitTooLarge(CPU_LIMIT_MHZ_MAX + 1),
+            ),
+            (
+                |s| s.memory_limit = MEMORY_LIMIT_MB_MAX + 1,
+                SpecError::MemoryLimitTooLarge(MEMORY_LIMIT_MB_MAX + 1),
+            ),
             (|s| s.image = "  ".into(), SpecError::EmptyImage),
-            (|s| s.image = "a".repeat(IMAGE_LENGTH_MAX + 1), SpecError::ImageTooLong(IMAGE_LENGTH_MAX + 1)),
-            (|s| s.image = "python\n".into(), SpecError::ImageHasControlCharacters),
-            (|s| s.exposed_ports = (1..=65).collect(), SpecError::TooManyPorts(65)),
+            (
+                |s| s.image = "a".repeat(IMAGE_LENGTH_MAX + 1),
+                SpecError::ImageTooLong(IMAGE_LENGTH_MAX + 1),
+            ),
+            (
+                |s| s.image = "python\n".into(),
+                SpecError::ImageHasControlCharacters,
+            ),
+            (
+                |s| s.exposed_ports = (1..=65).collect(),
+                SpecError::TooManyPorts(65),
+            ),
             (|s| s.exposed_ports = vec![0], SpecError::PortZero),
-            (|s| s.exposed_ports = vec![80, 443, 80], SpecError::DuplicatePort(80)),
+            (
+                |s| s.exposed_ports = vec![80, 443, 80],
+                SpecError::DuplicatePort(80),
+            ),
         ];
         for (mutate, expected) in cases {
             let mut bad = spec();

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Manager, Registration, RunnerState, Timer};
-use crate::ids::{EnvironmentId, Lease, RunnerId};
+use crate::ids::{Lease, RunnerId};
 use crate::io::Effect;
 use crate::time::Timestamp;
 
@@ -85,7 +85,10 @@ impl Manager {
                         );
                     }
                     if claim.inactivity.is_some_and(|i| i.timeout.is_zero()) {
-                        return violation("inactivity-deadline", format!("{id} has a zero timeout"));
+                        return violation(
+                            "inactivity-deadline",
+                            format!("{id} has a zero timeout"),
+                        );
                     }
                     if claim.executions.len() > self.config.executions_per_runner_max {
                         return violation(
@@ -180,7 +183,11 @@ impl Manager {
     }
 
     fn check_tombstones(&self) -> Result<(), InvariantViolation> {
-        if let Some(id) = self.tombstones.keys().find(|id| self.runners.contains_key(id)) {
+        if let Some(id) = self
+            .tombstones
+            .keys()
+            .find(|id| self.runners.contains_key(id))
+        {
             return violation("tombstone-not-live", format!("{id} is removed and live"));
         }
         if self.tombstone_order.len() > self.config.tombstones_max
@@ -213,11 +220,6 @@ impl Manager {
             }
         }
         Ok(())
-    }
-
-    /// The environments whose runners are all accounted for: for tests and liveness checks.
-    pub fn environment_ids(&self) -> impl Iterator<Item = EnvironmentId> + '_ {
-        self.environments.keys().copied()
     }
 }
 

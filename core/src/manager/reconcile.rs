@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use super::{Claim, Environment, Inactivity, Manager, Registration, Runner, RunnerState};
 use crate::ids::{Lease, RunnerId};
-use crate::io::{ClaimMark, Effect, Inventory, InventoryRunner, InventoryStatus, LeaseEndCause};
+use crate::io::{
+    ClaimMark, Effect, Inventory, InventoryRunner, InventoryStatus, LeaseEndCause, RunnerMark,
+};
 use crate::time::Timestamp;
 
 impl Manager {
@@ -76,11 +78,23 @@ impl Manager {
             .iter()
             .map(|(id, spec)| (*id, spec))
             .collect();
+        self.prune_deleted_environments(now);
         for (id, spec) in &listed {
-            if self.environments.contains_key(id)
-                || spec.validate().is_err()
-                || self.environments.len() >= self.config.environments_max
-            {
+            if self.environments.contains_key(id) {
+                continue;
+            }
+            match self.deleted_environments.get(id) {
+                // Deleted after the snapshot was taken: the listing is stale.
+                Some(deleted_at) if *deleted_at >= as_of => continue,
+                // Deleted before, yet still there: the removal did not take. Repeat it.
+                Some(_) => {
+                    self.effects
+                        .push_back(Effect::RemoveEnvironment { id: *id });
+                    continue;
+                }
+                None => {}
+            }
+            if spec.validate().is_err() || self.environments.len() >= self.config.environments_max {
                 continue;
             }
             self.insert_environment(
@@ -103,7 +117,9 @@ impl Manager {
             .filter(|(id, environment)| {
                 environment.registration == Registration::Done
                     && environment.registered_at.is_some_and(|at| at < as_of)
-                    && listed.get(id).is_none_or(|spec| **spec != *environment.spec)
+                    && listed
+                        .get(id)
+                        .is_none_or(|spec| **spec != *environment.spec)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -124,10 +140,10 @@ impl Manager {
         match (&runner.state, listed.status) {
             (RunnerState::Starting { clear_mark, .. }, InventoryStatus::Running(ports)) => {
                 // The "up" was missed. A mark can only be stale: this manager did not claim it.
-                if *clear_mark || listed.claim.is_some() {
+                if *clear_mark || listed.mark != RunnerMark::Idle {
                     self.effects.push_back(Effect::MarkRunner {
                         runner: id,
-                        claim: None,
+                        mark: RunnerMark::Idle,
                     });
                 }
                 self.update_runner(id, |state| *state = RunnerState::Idle { ports });
@@ -138,10 +154,10 @@ impl Manager {
             }
             (RunnerState::Starting { .. }, InventoryStatus::Pending) => {}
             (RunnerState::Idle { .. }, status) => {
-                if listed.claim.is_some() {
+                if listed.mark != RunnerMark::Idle {
                     self.effects.push_back(Effect::MarkRunner {
                         runner: id,
-                        claim: None,
+                        mark: RunnerMark::Idle,
                     });
                 }
                 if let InventoryStatus::Running(ports) = status {
@@ -153,10 +169,10 @@ impl Manager {
                     lease: claim.lease,
                     inactivity_timeout: claim.inactivity.map(|inactivity| inactivity.timeout),
                 };
-                if listed.claim != Some(mark) {
+                if listed.mark != RunnerMark::Claimed(mark) {
                     self.effects.push_back(Effect::MarkRunner {
                         runner: id,
-                        claim: Some(mark),
+                        mark: RunnerMark::Claimed(mark),
                     });
                 }
                 if let InventoryStatus::Running(ports) = status {
@@ -183,7 +199,12 @@ impl Manager {
             // Removed after the snapshot was taken: the listing is stale.
             return;
         }
-        let Some(generation) = self.environments.get(&id.environment()).map(|e| e.generation)
+        // Listed after its removal: whatever follows, it is live again.
+        self.tombstones.remove(&id);
+        let Some(generation) = self
+            .environments
+            .get(&id.environment())
+            .map(|e| e.generation)
         else {
             self.adopt(id, 0, now, stopping());
             self.effects.push_back(Effect::StopRunner { runner: id });
@@ -192,12 +213,25 @@ impl Manager {
         if removed_at.is_some() {
             // Removed before the snapshot, yet still there: a stop that did not take, or a
             // replacement the manager does not want. Purge it and let the pool start fresh.
-            self.tombstones.remove(&id);
             self.adopt(id, generation, now, stopping());
             self.effects.push_back(Effect::StopRunner { runner: id });
             return;
         }
-        let state = match (listed.status, listed.claim) {
+        let claim = match listed.mark {
+            RunnerMark::Idle => None,
+            RunnerMark::Claimed(mark) => {
+                // Whatever becomes of this runner, that lease was issued: never issue it again.
+                self.next_lease = self.next_lease.max(mark.lease.0.saturating_add(1));
+                Some(mark)
+            }
+            RunnerMark::Retired => {
+                // Dirty and given up on by an earlier manager: finish the job.
+                self.adopt(id, generation, now, stopping());
+                self.effects.push_back(Effect::StopRunner { runner: id });
+                return;
+            }
+        };
+        let state = match (listed.status, claim) {
             (InventoryStatus::Running(ports), Some(mark)) => {
                 let lease = if held_leases.contains(&mark.lease) {
                     // Two runners persisted with one lease: the backend's marks are corrupt.
@@ -205,14 +239,13 @@ impl Manager {
                     let fresh = self.issue_lease();
                     self.effects.push_back(Effect::MarkRunner {
                         runner: id,
-                        claim: Some(ClaimMark {
+                        mark: RunnerMark::Claimed(ClaimMark {
                             lease: fresh,
                             inactivity_timeout: mark.inactivity_timeout,
                         }),
                     });
                     fresh
                 } else {
-                    self.next_lease = self.next_lease.max(mark.lease.0.saturating_add(1));
                     mark.lease
                 };
                 held_leases.insert(lease);
@@ -257,5 +290,7 @@ fn stopping() -> RunnerState {
     RunnerState::Stopping {
         attempts: 1,
         retry_at: None,
+        // Adopted only to be stopped; should its stop fail, reconciliation finds it again.
+        dirty: false,
     }
 }
