@@ -140,6 +140,10 @@ struct Environment {
     registered_at: Option<Timestamp>,
     /// Consecutive failed starts or registrations; reset by a runner coming up.
     failures: u32,
+    /// How many of its runners are in which state: a cache of what a scan of them gives, kept
+    /// in step by the functions that change runners and compared with a scan by
+    /// `check_invariants`. It saves two scans of the pool on every claim and every start.
+    counts: PoolCounts,
     /// No starts before this time.
     backoff_until: Option<Timestamp>,
 }
@@ -234,7 +238,43 @@ enum Timer {
     Tombstones,
 }
 
-/// Per-environment counts from one scan of its runners.
+/// How many runners of one environment are in each state, split by spec generation where the
+/// pool upkeep needs it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PoolCounts {
+    idle_current: usize,
+    idle_old: usize,
+    starting_current: usize,
+    starting_old: usize,
+    claimed: usize,
+    stopping: usize,
+}
+
+impl PoolCounts {
+    fn slot(&mut self, state: &RunnerState, current: bool) -> &mut usize {
+        match (state, current) {
+            (RunnerState::Idle { .. }, true) => &mut self.idle_current,
+            (RunnerState::Idle { .. }, false) => &mut self.idle_old,
+            (RunnerState::Starting { .. }, true) => &mut self.starting_current,
+            (RunnerState::Starting { .. }, false) => &mut self.starting_old,
+            (RunnerState::Claimed(_), _) => &mut self.claimed,
+            (RunnerState::Stopping { .. }, _) => &mut self.stopping,
+        }
+    }
+
+    fn add(&mut self, state: &RunnerState, current: bool) {
+        *self.slot(state, current) += 1;
+    }
+
+    fn remove(&mut self, state: &RunnerState, current: bool) {
+        let slot = self.slot(state, current);
+        *slot = slot
+            .checked_sub(1)
+            .expect("a counted runner is removed from its own slot");
+    }
+}
+
+/// Per-environment runner ids from one scan of its runners, by state and spec generation.
 #[derive(Default)]
 struct PoolScan {
     idle_current: Vec<RunnerId>,
@@ -348,10 +388,11 @@ impl Manager {
                     }
                     environment.registration = Registration::InFlight;
                 });
+                self.recount(id);
                 if rolls {
                     // Old-spec runners that are not up yet would never serve a claim: stop them now.
                     for runner in self.pool_scan(id, old_generation + 1).starting_old {
-                        self.begin_stop(now, runner, LeaseEndCause::EnvironmentDeleted);
+                        self.begin_stop(runner, LeaseEndCause::EnvironmentDeleted);
                     }
                 }
                 self.push_register(id);
@@ -373,6 +414,7 @@ impl Manager {
                         registered_at: None,
                         failures: 0,
                         backoff_until: None,
+                        counts: PoolCounts::default(),
                     },
                 );
                 self.push_register(id);
@@ -402,7 +444,7 @@ impl Manager {
             .map(|(runner, _)| *runner)
             .collect();
         for runner in runners {
-            self.begin_stop(now, runner, LeaseEndCause::EnvironmentDeleted);
+            self.begin_stop(runner, LeaseEndCause::EnvironmentDeleted);
         }
         self.effects.push_back(Effect::RemoveEnvironment { id });
         self.debug_check();
@@ -473,9 +515,9 @@ impl Manager {
     /// Gives a claimed runner back. Like Poseidon, the runner is destroyed (it is dirty); the
     /// pool already started its replacement at the claim.
     pub fn release(&mut self, now: Timestamp, runner: RunnerId) -> Result<(), RunnerError> {
-        let now = self.advance(now);
+        self.advance(now);
         self.claimed(runner).ok_or(RunnerError::NotClaimed)?;
-        self.begin_stop(now, runner, LeaseEndCause::Released);
+        self.begin_stop(runner, LeaseEndCause::Released);
         self.debug_check();
         Ok(())
     }
@@ -611,12 +653,12 @@ impl Manager {
     /// A claim could not be persisted: the runner is destroyed rather than risk handing it out
     /// twice after a restart. A report for an older lease is ignored.
     pub fn claim_mark_failed(&mut self, now: Timestamp, runner: RunnerId, lease: Lease) {
-        let now = self.advance(now);
+        self.advance(now);
         if self
             .claimed(runner)
             .is_some_and(|claim| claim.lease == lease)
         {
-            self.begin_stop(now, runner, LeaseEndCause::ClaimNotPersisted);
+            self.begin_stop(runner, LeaseEndCause::ClaimNotPersisted);
         }
         self.debug_check();
     }
@@ -709,7 +751,7 @@ impl Manager {
                 });
             }
             (_, cause) if cause.leaves_remains() => {
-                self.begin_stop(now, runner, LeaseEndCause::Backend(cause));
+                self.begin_stop(runner, LeaseEndCause::Backend(cause));
             }
             (_, cause) => {
                 self.end_lease(runner, LeaseEndCause::Backend(cause));
@@ -765,16 +807,12 @@ impl Manager {
         }
         match &current.state {
             RunnerState::Starting { .. } => {
-                self.begin_stop(
-                    now,
-                    runner,
-                    LeaseEndCause::Backend(DownCause::FailedToStart),
-                );
+                self.begin_stop(runner, LeaseEndCause::Backend(DownCause::FailedToStart));
                 self.record_start_failure(now, runner.environment());
                 self.upkeep(now, runner.environment());
             }
             RunnerState::Claimed(_) => {
-                self.begin_stop(now, runner, LeaseEndCause::InactivityTimeout);
+                self.begin_stop(runner, LeaseEndCause::InactivityTimeout);
             }
             RunnerState::Stopping {
                 attempts, dirty, ..
@@ -869,20 +907,16 @@ impl Manager {
     /// The figures of one environment.
     pub fn statistics(&self, id: EnvironmentId) -> Option<EnvironmentStats> {
         let environment = self.environments.get(&id)?;
-        let mut stats = EnvironmentStats {
+        let counts = environment.counts;
+        let narrow = |count: usize| u32::try_from(count).unwrap_or(u32::MAX);
+        Some(EnvironmentStats {
             id,
             target: environment.spec.prewarming_pool_size,
-            ..EnvironmentStats::default()
-        };
-        for (_, runner) in self.runners_of(id) {
-            match runner.state {
-                RunnerState::Starting { .. } => stats.starting += 1,
-                RunnerState::Idle { .. } => stats.idle += 1,
-                RunnerState::Claimed(_) => stats.used += 1,
-                RunnerState::Stopping { .. } => stats.stopping += 1,
-            }
-        }
-        Some(stats)
+            idle: narrow(counts.idle_current + counts.idle_old),
+            used: narrow(counts.claimed),
+            starting: narrow(counts.starting_current + counts.starting_old),
+            stopping: narrow(counts.stopping),
+        })
     }
 
     /// The figures of every environment, in id order.
@@ -909,38 +943,26 @@ impl Manager {
         };
         let target = environment.spec.prewarming_pool_size as usize;
         let may_start = environment.may_start(now);
-        let spec = Arc::clone(&environment.spec);
         let generation = environment.generation;
-        let scan = self.pool_scan(id, generation);
-
-        let current = scan.idle_current.len() + scan.starting_current.len();
-        let mut surplus = current.saturating_sub(target);
-        // Newest starts first: they are the furthest from being useful.
-        for runner in scan
-            .starting_current
-            .iter()
-            .rev()
-            .chain(scan.idle_current.iter())
-        {
-            if surplus == 0 {
-                break;
-            }
-            self.begin_stop(now, *runner, LeaseEndCause::Released);
-            surplus -= 1;
+        // The ids are collected only when something must be stopped; the common case (nothing
+        // or only starts to do) needs the counts alone.
+        let counts = environment.counts;
+        let current = counts.idle_current + counts.starting_current;
+        if current > target || counts.idle_old > target.saturating_sub(counts.idle_current) {
+            self.stop_surplus(id, generation, target);
         }
-        // Old-spec idle runners serve claims only while the new pool is not up.
-        let room_for_old = target.saturating_sub(scan.idle_current.len());
-        for runner in scan.idle_old.iter().skip(room_for_old) {
-            self.begin_stop(now, *runner, LeaseEndCause::Released);
-        }
-
         if !may_start {
             return;
         }
         let in_flight_max = self.config.starts_in_flight_max as usize;
         let missing = target.saturating_sub(current);
-        let room = in_flight_max.saturating_sub(scan.starting_current.len());
-        for _ in 0..missing.min(room) {
+        let room = in_flight_max.saturating_sub(counts.starting_current);
+        let starts = missing.min(room);
+        if starts == 0 {
+            return;
+        }
+        let spec = Arc::clone(&self.environments[&id].spec);
+        for _ in 0..starts {
             let Some(runner) = self.fresh_runner_id(id) else {
                 return;
             };
@@ -959,6 +981,51 @@ impl Manager {
                 runner,
                 spec: Arc::clone(&spec),
             });
+        }
+    }
+
+    /// Stops a current surplus (starting runners first, newest id first, as they serve no one
+    /// yet) and the old-spec idle runners that new ones have replaced.
+    fn stop_surplus(&mut self, id: EnvironmentId, generation: u64, target: usize) {
+        let scan = self.pool_scan(id, generation);
+        let current = scan.idle_current.len() + scan.starting_current.len();
+        let surplus = current.saturating_sub(target);
+        let surplus_runners: Vec<RunnerId> = scan
+            .starting_current
+            .iter()
+            .rev()
+            .chain(scan.idle_current.iter())
+            .take(surplus)
+            .copied()
+            .collect();
+        for runner in surplus_runners {
+            self.begin_stop(runner, LeaseEndCause::Released);
+        }
+        // Old-spec idle runners serve claims only while the new pool is not up.
+        let room_for_old = target.saturating_sub(scan.idle_current.len());
+        for runner in scan.idle_old.iter().skip(room_for_old) {
+            self.begin_stop(*runner, LeaseEndCause::Released);
+        }
+    }
+
+    /// Counts an environment's runners by scanning them: the truth the cached counts follow.
+    fn count_pool(&self, id: EnvironmentId, generation: u64) -> PoolCounts {
+        let mut counts = PoolCounts::default();
+        for (_, runner) in self.runners_of(id) {
+            counts.add(&runner.state, runner.generation == generation);
+        }
+        counts
+    }
+
+    /// Re-derives an environment's cached counts, after its generation changed or it was
+    /// (re-)created while runners of its id were still being stopped.
+    fn recount(&mut self, id: EnvironmentId) {
+        let Some(generation) = self.environments.get(&id).map(|e| e.generation) else {
+            return;
+        };
+        let counts = self.count_pool(id, generation);
+        if let Some(environment) = self.environments.get_mut(&id) {
+            environment.counts = counts;
         }
     }
 
@@ -1008,7 +1075,7 @@ impl Manager {
     // ----- Internals: runner transitions -----
 
     /// Moves a runner to stopping and issues the stop, ending its lease first if it had one.
-    fn begin_stop(&mut self, _now: Timestamp, runner: RunnerId, cause: LeaseEndCause) {
+    fn begin_stop(&mut self, runner: RunnerId, cause: LeaseEndCause) {
         if let Some(RunnerState::Stopping { .. }) = self.runners.get(&runner).map(|r| &r.state) {
             return;
         }
@@ -1081,6 +1148,10 @@ impl Manager {
         if let Some(deadline) = runner.deadline() {
             self.timers.insert((deadline, Timer::Runner(id)));
         }
+        if let Some(environment) = self.environments.get_mut(&id.environment()) {
+            let current = runner.generation == environment.generation;
+            environment.counts.add(&runner.state, current);
+        }
         let previous = self.runners.insert(id, runner);
         assert!(previous.is_none(), "runner {id} inserted twice");
     }
@@ -1093,7 +1164,17 @@ impl Manager {
     ) -> Option<R> {
         let runner = self.runners.get_mut(&id)?;
         let before = runner.deadline();
+        let mut environment = self.environments.get_mut(&id.environment());
+        let current = environment
+            .as_ref()
+            .is_some_and(|environment| runner.generation == environment.generation);
+        if let Some(environment) = environment.as_deref_mut() {
+            environment.counts.remove(&runner.state, current);
+        }
         let result = change(&mut runner.state);
+        if let Some(environment) = environment {
+            environment.counts.add(&runner.state, current);
+        }
         let after = runner.deadline();
         if before != after {
             if let Some(before) = before {
@@ -1120,6 +1201,10 @@ impl Manager {
         let Some(runner) = self.runners.remove(&id) else {
             return;
         };
+        if let Some(environment) = self.environments.get_mut(&id.environment()) {
+            let current = runner.generation == environment.generation;
+            environment.counts.remove(&runner.state, current);
+        }
         if let Some(deadline) = runner.deadline() {
             self.timers.remove(&(deadline, Timer::Runner(id)));
         }
@@ -1194,6 +1279,8 @@ impl Manager {
             self.timers.insert((deadline, Timer::Environment(id)));
         }
         self.environments.insert(id, environment);
+        // Runners of an earlier environment with this id may still be stopping.
+        self.recount(id);
     }
 
     fn update_environment(&mut self, id: EnvironmentId, change: impl FnOnce(&mut Environment)) {
@@ -1260,10 +1347,10 @@ impl Manager {
     }
 
     fn debug_check(&self) {
-        if cfg!(debug_assertions) {
-            if let Err(violation) = self.check_invariants() {
-                panic!("manager invariant violated: {violation}");
-            }
+        if cfg!(debug_assertions)
+            && let Err(violation) = self.check_invariants()
+        {
+            panic!("manager invariant violated: {violation}");
         }
     }
 }

@@ -162,7 +162,8 @@ mod tests {
 
     #[test]
     fn each_bound_is_enforced_with_its_own_error() {
-        let cases: Vec<(fn(&mut EnvironmentSpec), SpecError)> = vec![
+        type Mutation = fn(&mut EnvironmentSpec);
+        let cases: Vec<(Mutation, SpecError)> = vec![
             (
                 |s| s.prewarming_pool_size = POOL_SIZE_MAX + 1,
                 SpecError::PoolTooLarge(POOL_SIZE_MAX + 1),

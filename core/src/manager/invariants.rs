@@ -38,6 +38,7 @@ impl Manager {
     /// - `executions-bound`: open executions per runner within the configured maximum;
     /// - `stop-attempts`: a stopping runner has made between 1 and the maximum attempts;
     /// - `timers-derived`: the timer set is exactly what the states imply;
+    /// - `pool-counts-derived`: each environment's cached counts are what a scan counts;
     /// - `effect-names-known-runner`: every queued effect names a runner the manager knows, in
     ///   the state the effect implies (start → starting, stop → stopping);
     /// - `tombstone-not-live`: a runner remembered as removed is not also live; the tombstone
@@ -105,6 +106,16 @@ impl Manager {
 
     fn check_pools(&self) -> Result<(), InvariantViolation> {
         for (id, environment) in &self.environments {
+            let counted = self.count_pool(*id, environment.generation);
+            if counted != environment.counts {
+                return violation(
+                    "pool-counts-derived",
+                    format!(
+                        "environment {id}: cached {:?}, counted {counted:?}",
+                        environment.counts
+                    ),
+                );
+            }
             let scan = self.pool_scan(*id, environment.generation);
             let target = environment.spec.prewarming_pool_size as usize;
             let current = scan.idle_current.len() + scan.starting_current.len();

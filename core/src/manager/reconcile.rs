@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::{Claim, Environment, Inactivity, Manager, Registration, Runner, RunnerState};
+use super::{
+    Claim, Environment, Inactivity, Manager, PoolCounts, Registration, Runner, RunnerState,
+};
 use crate::ids::{Lease, RunnerId};
 use crate::io::{
     ClaimMark, Effect, Inventory, InventoryRunner, InventoryStatus, LeaseEndCause, RunnerMark,
@@ -48,7 +50,7 @@ impl Manager {
             .collect();
         for listed_runner in inventory.runners {
             if self.runners.contains_key(&listed_runner.id) {
-                self.reconcile_known(now, listed_runner);
+                self.reconcile_known(listed_runner);
             } else {
                 self.reconcile_unknown(now, as_of, listed_runner, &mut held_leases);
             }
@@ -108,6 +110,7 @@ impl Manager {
                     registered_at: Some(now),
                     failures: 0,
                     backoff_until: None,
+                    counts: PoolCounts::default(),
                 },
             );
         }
@@ -132,7 +135,7 @@ impl Manager {
         }
     }
 
-    fn reconcile_known(&mut self, now: Timestamp, listed: InventoryRunner) {
+    fn reconcile_known(&mut self, listed: InventoryRunner) {
         let id = listed.id;
         let Some(runner) = self.runners.get(&id) else {
             return;
@@ -183,7 +186,6 @@ impl Manager {
                 // A stop is in flight or waits for its retry; it will be reported.
             }
         }
-        let _ = now;
     }
 
     fn reconcile_unknown(

@@ -774,7 +774,7 @@ fn a_completed_or_deregistered_runner_is_simply_forgotten() {
             stops(&fixture.drain()).is_empty(),
             "{cause:?}: nothing to purge"
         );
-        assert!(fixture.manager.runners.get(&claimed.runner).is_none());
+        assert!(!fixture.manager.runners.contains_key(&claimed.runner));
         assert!(matches!(
             fixture.last_event().as_ref(),
             Some(Event::LeaseEnded { cause: LeaseEndCause::Backend(c), .. }) if *c == cause
@@ -847,7 +847,7 @@ fn a_failed_stop_is_retried_with_back_off_then_abandoned() {
             attempts: 3
         })
     );
-    assert!(fixture.manager.runners.get(&claimed.runner).is_none());
+    assert!(!fixture.manager.runners.contains_key(&claimed.runner));
 }
 
 #[test]
@@ -887,7 +887,7 @@ fn reports_about_runners_being_stopped_do_not_revive_them() {
     fixture
         .manager
         .runner_down(fixture.now, claimed.runner, DownCause::Completed);
-    assert!(fixture.manager.runners.get(&claimed.runner).is_none());
+    assert!(!fixture.manager.runners.contains_key(&claimed.runner));
     // The stop's own report arrives late and is ignored.
     fixture
         .manager
@@ -1011,7 +1011,7 @@ fn reconciliation_drops_missing_runners_but_not_those_newer_than_the_snapshot() 
 #[test]
 fn reconciliation_stops_runners_of_unknown_environments_and_of_the_removed() {
     let mut fixture = Fixture::new();
-    let idle = fixture.ready_pool(1);
+    fixture.ready_pool(1);
     let claimed = fixture.claim(None);
     fixture
         .manager
@@ -1043,7 +1043,6 @@ fn reconciliation_stops_runners_of_unknown_environments_and_of_the_removed() {
         .reconcile(fixture.now, inventory(fixture.now));
     let effects = fixture.drain();
     assert_eq!(stops(&effects), vec![claimed.runner]);
-    let _ = idle;
 }
 
 #[test]
