@@ -8,5 +8,12 @@
 //!   Nomad's event stream, commands run through Nomad's exec WebSocket. Its allocation tracker is a
 //!   pure module that turns allocation events into the manager's runner observations.
 //!
-//! Backends do I/O; the decisions stay in [`trident_core::Manager`]. Neither backend exists yet:
-//! they arrive with the server and Nomad issues.
+//! Backends do I/O; the decisions stay in [`trident_core::Manager`].
+
+pub mod executor;
+pub mod local;
+
+pub use executor::{
+    BackendError, ExecutionEvent, ExecutionRequest, Executor, FileDownload, FileHeader, FileUpdate,
+    Observation, RunningExecution,
+};
