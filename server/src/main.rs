@@ -1,8 +1,128 @@
-//! `trident`: the Trident server binary.
+//! `trident`: the Trident server binary. See `trident --help`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
+use trident_core::ManagerConfig;
+use trident_server::config::{BackendKind, Cli, Config, LogFormat};
+use trident_server::{ServerOptions, start};
 
 fn main() -> ExitCode {
-    eprintln!("{}", trident_server::PLANNED_USAGE);
-    ExitCode::from(2)
+    // The local backend re-executes this binary as its sandbox init; that must happen before
+    // anything else, in particular before any thread starts.
+    trident_backends::local::init::run_if_requested();
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("trident: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("trident: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("trident: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIDENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.listen))?;
+    let options = ServerOptions {
+        manager: ManagerConfig {
+            first_lease: lease_floor(),
+            ..ManagerConfig::default()
+        },
+        token: config.token.clone(),
+        depleting_threshold: config.depleting_threshold,
+        ..ServerOptions::default()
+    };
+    let server = match config.backend {
+        BackendKind::Local => {
+            let executable = std::env::current_exe()
+                .map_err(|error| format!("cannot find this program's path: {error}"))?;
+            std::fs::create_dir_all(&config.state_dir).map_err(|error| {
+                format!(
+                    "cannot create the state directory {}: {error}",
+                    config.state_dir.display()
+                )
+            })?;
+            let state_dir = std::fs::canonicalize(&config.state_dir).map_err(|error| {
+                format!("cannot resolve {}: {error}", config.state_dir.display())
+            })?;
+            let host = SandboxHost::new(HostConfig::new(state_dir, executable))
+                .await
+                .map_err(|error| format!("the local backend cannot sandbox code here: {error}"))?;
+            tracing::info!(capabilities = %host.capabilities(), "local backend ready");
+            let executor = Arc::new(LocalExecutor::new(host, LocalOptions::default()));
+            start(executor, listener, options).map_err(|error| error.to_string())?
+        }
+        BackendKind::Nomad => {
+            return Err("the Nomad backend is not built yet; use --backend local".into());
+        }
+    };
+    tracing::info!(addr = %server.addr, "serving Poseidon's API on http://{}/api/v1", server.addr);
+    wait_for_signal(server.shutdown.clone()).await;
+    server
+        .task
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
+}
+
+/// Leases start above every lease an earlier process issued: wall-clock microseconds.
+/// Outside the simulation: the simulation passes its own floor.
+fn lease_floor() -> u64 {
+    std::time::SystemTime::now() // outside the simulation, see above
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(1)
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
 }

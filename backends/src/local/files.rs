@@ -42,7 +42,6 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::UnlinkatFlags;
-use serde::Serialize;
 
 use crate::local::config::IdMap;
 
@@ -95,28 +94,7 @@ pub enum FileError {
     },
 }
 
-/// One entry of a listing, in Poseidon's JSON shape (`GET /files`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FileHeader {
-    /// The path as `ls` would print it (see [`Workspace::list`]).
-    pub name: String,
-    /// One of `-` (regular), `d`, `l`, `p` (FIFO), `s` (socket), `c`, `b`, `?`.
-    pub entry_type: char,
-    /// Where a symlink points; omitted otherwise.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub link_target: String,
-    /// Size in bytes.
-    pub size: i64,
-    /// Last modification, unix seconds.
-    pub modification_time: i64,
-    /// Like `ls -l`: `rwxr--r--`, with `s`/`S`/`t`/`T`.
-    pub permissions: String,
-    /// Owner as seen inside the sandbox.
-    pub owner: String,
-    /// Group as seen inside the sandbox.
-    pub group: String,
-}
+pub use crate::executor::FileHeader;
 
 /// A runner's workspace, opened for file operations.
 #[derive(Debug)]

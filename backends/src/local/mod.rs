@@ -21,6 +21,7 @@
 //! - [`files`]: [`Workspace`], file operations in Rust confined to a runner's workspace.
 //! - [`init`]: the init program itself (runs inside the sandbox; see there for why it is a
 //!   re-executed program and how executions enter the sandbox).
+//! - [`executor`]: [`LocalExecutor`], the [`crate::Executor`] built from all of the above.
 //! - `protocol` (private): the messages between the server and the init.
 //!
 //! Architecture invariants:
@@ -40,6 +41,7 @@ pub mod cgroup;
 pub mod config;
 mod error;
 pub mod exec;
+pub mod executor;
 pub mod files;
 pub mod init;
 pub mod probe;
@@ -50,6 +52,7 @@ mod sys;
 pub use config::{HostConfig, IdMapConfig, Limits, SandboxSpec};
 pub use error::{ExecError, SandboxError};
 pub use exec::{Event, ExecSpec, Execution, ExitStatus};
+pub use executor::{LocalExecution, LocalExecutor, LocalOptions};
 pub use files::{FileError, FileHeader, Workspace};
 pub use probe::{Capabilities, LimitMechanism};
 pub use sandbox::{Sandbox, SandboxHost};

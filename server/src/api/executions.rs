@@ -1,0 +1,452 @@
+//! `POST /runners/{id}/execute` and the execution WebSocket (`reference/poseidon.md` §2).
+//!
+//! An execution request is only stored under a fresh id; connecting the WebSocket pops it (an id
+//! works once) and runs the command. Server → client: `start`, then `stdout` / `stderr` chunks,
+//! then exactly one of `exit`, `timeout` or `error`, then a normal close (1000). Client → server:
+//! the bytes of every text frame go to stdin; a binary frame stops the input silently; a close
+//! frame cancels the execution.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::Instrument;
+use trident_backends::{ExecutionEvent, ExecutionRequest, Executor, RunningExecution};
+use trident_core::{DownCause, ExecutionId, Input, LeaseEndCause, RunnerId};
+
+use super::{ApiError, AppState, PENDING_EXECUTIONS_PER_RUNNER_MAX, Query, claimed_runner, decode};
+
+/// How long a command may take to stop after the interrupt, before its process tree is killed.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// Poseidon's error texts; CodeOcean matches the OOM one exactly.
+const OOM_MESSAGE: &str = "the allocation was OOM Killed";
+const STOPPED_MESSAGE: &str = "the allocation stopped as expected";
+const GENERIC_MESSAGE: &str = "Error executing the request";
+
+/// `POST /execute`'s body.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ExecuteBody {
+    command: String,
+    #[serde(default)]
+    privileged_execution: bool,
+    /// Seconds; 0 means no limit.
+    #[serde(default)]
+    time_limit: u64,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ExecuteAnswer {
+    websocket_url: String,
+}
+
+/// Stores the request under a fresh execution id and answers with the WebSocket URL. Unlike
+/// Poseidon, commands may contain any character, `'` included: the command reaches the shell
+/// as one argument and is never re-quoted.
+pub(super) async fn execute<E: Executor>(
+    State(state): State<Arc<AppState<E>>>,
+    Path(runner): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ExecuteAnswer>, ApiError> {
+    let runner = claimed_runner(&state, &runner).await?;
+    let body: ExecuteBody = decode(&body)?;
+    let execution = {
+        let mut ids = state
+            .ids
+            .lock()
+            .map_err(|_| ApiError::BadRequest("id source unavailable".into()))?;
+        ExecutionId(ids.next_uuid())
+    };
+    {
+        let mut pending = state
+            .pending_executions
+            .lock()
+            .map_err(|_| ApiError::BadRequest("execution store unavailable".into()))?;
+        if pending.count_for(runner) >= PENDING_EXECUTIONS_PER_RUNNER_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "the runner already has {PENDING_EXECUTIONS_PER_RUNNER_MAX} executions waiting for their WebSocket"
+            )));
+        }
+        pending.by_id.insert(execution, (runner, body));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or("localhost");
+    Ok(Json(ExecuteAnswer {
+        websocket_url: format!(
+            "ws://{host}/api/v1/runners/{runner}/websocket?executionID={execution}"
+        ),
+    }))
+}
+
+/// Connects an execution: 410 for a runner that is not claimed, 404 for an unknown execution id,
+/// 403 when the `Origin` is another host than `Host` (Poseidon's upgrader check), 400 when the
+/// request is not a WebSocket upgrade.
+pub(super) async fn websocket<E: Executor>(
+    State(state): State<Arc<AppState<E>>>,
+    Path(runner): Path<String>,
+    query: Query,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let runner = claimed_runner(&state, &runner).await?;
+    let execution: Option<ExecutionId> = query.get("executionID").and_then(|id| id.parse().ok());
+    let body = {
+        let mut pending = state
+            .pending_executions
+            .lock()
+            .map_err(|_| ApiError::BadRequest("execution store unavailable".into()))?;
+        match execution.and_then(|id| pending.by_id.get(&id).map(|(r, _)| *r)) {
+            Some(owner) if owner == runner => execution
+                .and_then(|id| pending.by_id.remove(&id))
+                .map(|(_, body)| body),
+            _ => None,
+        }
+    };
+    let (Some(execution), Some(body)) = (execution, body) else {
+        return Err(ApiError::NotFound("execution id unknown".into()));
+    };
+    if !same_origin(&headers) {
+        return Ok(StatusCode::FORBIDDEN.into_response());
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let span = tracing::info_span!("execution", %runner, %execution);
+    Ok(upgrade
+        .on_upgrade(move |socket| run(state, runner, execution, body, socket).instrument(span)))
+}
+
+/// Whether the `Origin` header, if any, names the `Host` the request was sent to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    origin_host.eq_ignore_ascii_case(host)
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "lowercase")]
+enum ServerMessage<'a> {
+    Start,
+    Stdout(&'a str),
+    Stderr(&'a str),
+    Exit(u8),
+    Timeout,
+    Error(&'a str),
+}
+
+/// How an execution ended, as far as the client is told.
+#[derive(Debug)]
+enum Ending {
+    Exited(u8),
+    TimeLimit,
+    LeaseEnded(LeaseEndCause),
+    ClientClosed,
+    Failed,
+}
+
+async fn run<E: Executor>(
+    state: Arc<AppState<E>>,
+    runner: RunnerId,
+    execution: ExecutionId,
+    body: ExecuteBody,
+    socket: WebSocket,
+) {
+    let (mut sink, stream) = socket.split();
+    let started = state
+        .manager
+        .apply(Input::ExecutionStarted { runner, execution })
+        .await;
+    let lease = state.manager.watch_lease(runner).await.ok().flatten();
+    let (Ok(trident_core::Reply::Runner(Ok(()))), Some(mut lease)) = (started, lease) else {
+        let _ = send(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
+        let _ = sink.send(close_normal()).await;
+        return;
+    };
+    let _ = send(&mut sink, &ServerMessage::Start).await;
+
+    let request = ExecutionRequest {
+        command: body.command,
+        environment: body.environment.into_iter().collect(),
+        privileged: body.privileged_execution,
+    };
+    let ending = match state.executor.execute(runner, request).await {
+        Err(error) => {
+            tracing::warn!(%error, "the execution could not start");
+            Ending::Failed
+        }
+        Ok(mut process) => {
+            let deadline = (body.time_limit > 0)
+                .then(|| Instant::now() + Duration::from_secs(body.time_limit));
+            // The input pump owns the reading half; it ends by itself when the client closes,
+            // and is aborted when the execution ends first.
+            let (closed_tx, mut closed) = oneshot::channel();
+            let pump = tokio::spawn(pump_input(stream, process.stdin(), closed_tx));
+            let ending =
+                pump_output(&mut process, &mut sink, deadline, &mut lease, &mut closed).await;
+            pump.abort();
+            if !matches!(ending, Ending::Exited(_)) {
+                stop(&mut process, &ending).await;
+            }
+            ending
+        }
+    };
+    tracing::info!(?ending, "execution ended");
+    let message = match &ending {
+        Ending::Exited(code) => Some(ServerMessage::Exit(*code)),
+        Ending::TimeLimit | Ending::LeaseEnded(LeaseEndCause::InactivityTimeout) => {
+            Some(ServerMessage::Timeout)
+        }
+        Ending::LeaseEnded(LeaseEndCause::Backend(DownCause::OomKilled)) => {
+            Some(ServerMessage::Error(OOM_MESSAGE))
+        }
+        Ending::LeaseEnded(
+            LeaseEndCause::Released | LeaseEndCause::Backend(DownCause::Completed),
+        ) => Some(ServerMessage::Error(STOPPED_MESSAGE)),
+        Ending::LeaseEnded(_) | Ending::Failed => Some(ServerMessage::Error(GENERIC_MESSAGE)),
+        Ending::ClientClosed => None,
+    };
+    if let Some(message) = message {
+        let _ = send(&mut sink, &message).await;
+    }
+    let _ = sink.send(close_normal()).await;
+    let _ = sink.close().await;
+    let _ = state
+        .manager
+        .apply(Input::ExecutionFinished { runner, execution })
+        .await;
+}
+
+/// Forwards output until the command exits, the time limit passes, the lease ends or the client
+/// closes, whichever comes first.
+async fn pump_output<X: RunningExecution>(
+    process: &mut X,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    deadline: Option<Instant>,
+    lease: &mut crate::driver::LeaseWatch,
+    closed: &mut oneshot::Receiver<()>,
+) -> Ending {
+    let mut stdout = Utf8Chunks::default();
+    let mut stderr = Utf8Chunks::default();
+    let mut lease_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            event = process.next_event() => match event {
+                Some(ExecutionEvent::Stdout(bytes)) => {
+                    let text = stdout.push(&bytes);
+                    if !text.is_empty() && send(sink, &ServerMessage::Stdout(&text)).await.is_err() {
+                        return Ending::ClientClosed;
+                    }
+                }
+                Some(ExecutionEvent::Stderr(bytes)) => {
+                    let text = stderr.push(&bytes);
+                    if !text.is_empty() && send(sink, &ServerMessage::Stderr(&text)).await.is_err() {
+                        return Ending::ClientClosed;
+                    }
+                }
+                Some(ExecutionEvent::Exited(code)) => return Ending::Exited(code),
+                Some(ExecutionEvent::Gone) | None => {
+                    return match *lease.borrow() {
+                        Some(cause) => Ending::LeaseEnded(cause),
+                        None => Ending::Failed,
+                    };
+                }
+            },
+            _ = &mut *closed => return Ending::ClientClosed,
+            changed = lease.changed(), if lease_open => match changed {
+                Ok(()) => {
+                    if let Some(cause) = *lease.borrow() {
+                        return Ending::LeaseEnded(cause);
+                    }
+                }
+                Err(_) => lease_open = false,
+            },
+            () = sleep_until(deadline) => return Ending::TimeLimit,
+        }
+    }
+}
+
+/// Stops a command that did not exit by itself: interrupt as Ctrl-\ does (unless the runner is
+/// gone anyway), then kill the process tree after a grace period.
+async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
+    if !matches!(ending, Ending::LeaseEnded(_)) {
+        process.interrupt();
+        let exited = tokio::time::timeout(INTERRUPT_GRACE, async {
+            while let Some(event) = process.next_event().await {
+                if matches!(event, ExecutionEvent::Exited(_) | ExecutionEvent::Gone) {
+                    return;
+                }
+            }
+        })
+        .await;
+        if exited.is_ok() {
+            return;
+        }
+        tracing::info!("the command ignored the interrupt; killing it");
+    }
+    process.kill();
+}
+
+/// Forwards the client's text frames to stdin. A binary frame stops forwarding (Poseidon does
+/// the same); a close frame, an error or the end of the stream reports the client gone.
+async fn pump_input(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    stdin: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    closed: oneshot::Sender<()>,
+) {
+    let mut forwarding = true;
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(Message::Text(text)) if forwarding => {
+                let bytes = bytes::Bytes::copy_from_slice(text.as_bytes());
+                if stdin.send(bytes).await.is_err() {
+                    forwarding = false;
+                }
+            }
+            Ok(Message::Binary(_)) => forwarding = false,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = closed.send(());
+}
+
+async fn send(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: &ServerMessage<'_>,
+) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(message).expect("messages serialize");
+    sink.send(Message::Text(text.into())).await
+}
+
+fn close_normal() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    }))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Turns a byte stream into text chunks without splitting a UTF-8 sequence across two messages:
+/// an incomplete sequence at the end of a chunk waits for the next one; invalid bytes become
+/// U+FFFD, as Go's JSON encoding does for Poseidon.
+#[derive(Debug, Default)]
+struct Utf8Chunks {
+    pending: Vec<u8>,
+}
+
+impl Utf8Chunks {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let keep = incomplete_tail(&self.pending);
+        let complete = self.pending.len() - keep;
+        let text = String::from_utf8_lossy(&self.pending[..complete]).into_owned();
+        self.pending.drain(..complete);
+        text
+    }
+}
+
+/// How many bytes at the end of `bytes` start a UTF-8 sequence that is not complete yet.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=3.min(bytes.len()) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: look further back
+        }
+        let needed = match byte {
+            0b1100_0000..=0b1101_1111 => 2,
+            0b1110_0000..=0b1110_1111 => 3,
+            0b1111_0000..=0b1111_0111 => 4,
+            _ => return 0,
+        };
+        return if back < needed { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_utf8_sequence_waits_for_its_end() {
+        let mut chunks = Utf8Chunks::default();
+        let euro = "€".as_bytes(); // three bytes
+        assert_eq!(chunks.push(&[b'a', euro[0]]), "a");
+        assert_eq!(chunks.push(&euro[1..2]), "");
+        assert_eq!(chunks.push(&[euro[2], b'b']), "€b");
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let mut chunks = Utf8Chunks::default();
+        assert_eq!(chunks.push(&[b'x', 0xff, b'y']), "x\u{fffd}y");
+    }
+
+    #[test]
+    fn messages_have_poseidons_shape() {
+        let json = |m: ServerMessage<'_>| serde_json::to_string(&m).expect("serializes");
+        assert_eq!(json(ServerMessage::Start), r#"{"type":"start"}"#);
+        assert_eq!(
+            json(ServerMessage::Stdout("hi")),
+            r#"{"type":"stdout","data":"hi"}"#
+        );
+        assert_eq!(json(ServerMessage::Exit(1)), r#"{"type":"exit","data":1}"#);
+        assert_eq!(json(ServerMessage::Timeout), r#"{"type":"timeout"}"#);
+        assert_eq!(
+            json(ServerMessage::Error(OOM_MESSAGE)),
+            r#"{"type":"error","data":"the allocation was OOM Killed"}"#
+        );
+    }
+
+    #[test]
+    fn the_origin_must_name_the_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "example.org:7200".parse().expect("valid"));
+        assert!(same_origin(&headers));
+        headers.insert(
+            header::ORIGIN,
+            "http://example.org:7200".parse().expect("valid"),
+        );
+        assert!(same_origin(&headers));
+        headers.insert(
+            header::ORIGIN,
+            "http://evil.example".parse().expect("valid"),
+        );
+        assert!(!same_origin(&headers));
+    }
+}

@@ -1,0 +1,229 @@
+//! Configuration: defaults, then a TOML file, then `TRIDENT_…` environment variables, then
+//! command-line flags, each overriding the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// Which backend runs the runners.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Sandboxed processes on this host (the embedded default).
+    #[default]
+    Local,
+    /// A HashiCorp Nomad cluster.
+    Nomad,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `trident`: Poseidon's API on pools of pre-warmed sandboxes.
+///
+/// Every flag can also be set by its environment variable or in the configuration file; flags
+/// win over variables, variables over the file.
+#[derive(Clone, Debug, Default, Parser)]
+#[command(name = "trident", version, about, long_about = None)]
+pub struct Cli {
+    /// A TOML configuration file (keys as in the flags, with `_` for `-`).
+    #[arg(long, env = "TRIDENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to listen for HTTP [default: 127.0.0.1:7200].
+    #[arg(long, env = "TRIDENT_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Which backend runs the runners [default: local].
+    #[arg(long, env = "TRIDENT_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Require this `Poseidon-Token` header on every route but /health and /version
+    /// [default: none, no authentication].
+    #[arg(
+        long,
+        env = "TRIDENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Where the local backend keeps runner workspaces [default: a directory under the
+    /// system's temporary directory].
+    #[arg(long, env = "TRIDENT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// `/health` answers 503 when an environment's idle runners fall under this share of its
+    /// pool [default: 0, never].
+    #[arg(long, env = "TRIDENT_DEPLETING_THRESHOLD", value_name = "RATIO")]
+    pub depleting_threshold: Option<f64>,
+    /// Log format [default: text].
+    #[arg(long, env = "TRIDENT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The configuration file's shape; every key is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    backend: Option<BackendKind>,
+    token: Option<String>,
+    state_dir: Option<PathBuf>,
+    depleting_threshold: Option<f64>,
+    log_format: Option<LogFormat>,
+}
+
+/// The configuration in force.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Which backend.
+    pub backend: BackendKind,
+    /// The required token, if any.
+    pub token: Option<String>,
+    /// The local backend's state directory.
+    pub state_dir: PathBuf,
+    /// `/health`'s depleting threshold.
+    pub depleting_threshold: f64,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("the configuration file {path} is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merges the file named by the flags (or `TRIDENT_CONFIG`) under the flags and variables.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(cli, file)
+    }
+
+    fn merge(cli: &Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let depleting_threshold = cli
+            .depleting_threshold
+            .or(file.depleting_threshold)
+            .unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&depleting_threshold) {
+            return Err(ConfigError::Invalid(format!(
+                "depleting_threshold must be between 0 and 1, got {depleting_threshold}"
+            )));
+        }
+        Ok(Config {
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7200))),
+            backend: cli.backend.or(file.backend).unwrap_or_default(),
+            token: cli
+                .token
+                .clone()
+                .or(file.token)
+                .filter(|token| !token.is_empty()),
+            state_dir: cli
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| std::env::temp_dir().join("trident")),
+            depleting_threshold,
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).expect("valid TOML")
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = Config::merge(&Cli::default(), FileConfig::default()).expect("valid");
+        assert_eq!(config.listen, "127.0.0.1:7200".parse().expect("addr"));
+        assert_eq!(config.backend, BackendKind::Local);
+        assert_eq!(config.token, None);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::try_parse_from(["trident", "--listen", "0.0.0.0:9000", "--token", "t"])
+            .expect("valid flags");
+        let config = Config::merge(
+            &cli,
+            file("listen = \"127.0.0.1:1\"\ntoken = \"f\"\nbackend = \"nomad\""),
+        )
+        .expect("valid");
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().expect("addr"));
+        assert_eq!(config.token.as_deref(), Some("t"));
+        assert_eq!(
+            config.backend,
+            BackendKind::Nomad,
+            "unset flags fall back to the file"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<FileConfig>("listn = \"x\"").is_err());
+        assert!(toml::from_str::<FileConfig>("listen = \"nonsense\"").is_err());
+        let cli = Cli {
+            depleting_threshold: Some(1.5),
+            ..Cli::default()
+        };
+        assert!(matches!(
+            Config::merge(&cli, FileConfig::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn an_empty_token_means_no_authentication() {
+        let config = Config::merge(&Cli::default(), file("token = \"\"")).expect("valid");
+        assert_eq!(config.token, None);
+    }
+}
