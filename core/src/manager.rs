@@ -892,6 +892,11 @@ impl Manager {
             })
     }
 
+    /// Every runner the manager knows, in any state, in id order.
+    pub fn runner_ids(&self) -> impl Iterator<Item = RunnerId> + '_ {
+        self.runners.keys().copied()
+    }
+
     /// The environments, in id order.
     pub fn environment_ids(&self) -> impl Iterator<Item = EnvironmentId> + '_ {
         self.environments.keys().copied()

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+/// The default request body limit: CodeOcean has been seen sending 60 MB of files in one
+/// request (Poseidon's issue #591), so 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// Which backend runs the runners.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +69,9 @@ pub struct Cli {
     /// Log format [default: text].
     #[arg(long, env = "TRIDENT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Largest request body accepted; larger ones get 413 [default: 67108864, 64 MiB].
+    #[arg(long, env = "TRIDENT_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
 }
 
 /// The configuration file's shape; every key is optional.
@@ -77,6 +84,7 @@ pub struct FileConfig {
     state_dir: Option<PathBuf>,
     depleting_threshold: Option<f64>,
     log_format: Option<LogFormat>,
+    max_body_bytes: Option<usize>,
 }
 
 /// The configuration in force.
@@ -94,6 +102,8 @@ pub struct Config {
     pub depleting_threshold: f64,
     /// Log format.
     pub log_format: LogFormat,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
 }
 
 /// Why the configuration could not be loaded.
@@ -158,6 +168,10 @@ impl Config {
                 .unwrap_or_else(|| std::env::temp_dir().join("trident")),
             depleting_threshold,
             log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            max_body_bytes: cli
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
         })
     }
 }

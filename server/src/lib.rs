@@ -54,6 +54,8 @@ pub struct ServerOptions {
     pub version: String,
     /// Fresh runner and execution ids.
     pub ids: fn() -> Box<dyn IdSource>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
 }
 
 impl Default for ServerOptions {
@@ -65,6 +67,7 @@ impl Default for ServerOptions {
             depleting_threshold: 0.0,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ids: || Box::new(OsIds),
+            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -105,7 +108,8 @@ pub fn start<E: Executor>(
         pending_executions: Mutex::new(api::PendingExecutions::default()),
         ids: Mutex::new((options.ids)()),
     });
-    let router = api::router(state);
+    let router =
+        api::router(state).layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router)

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
+use trident_server::driver::DriverConfig;
 use trident_server::{ServerOptions, start};
 
 fn main() -> ExitCode {
@@ -66,6 +67,12 @@ async fn serve(config: Config) -> Result<(), String> {
         },
         token: config.token.clone(),
         depleting_threshold: config.depleting_threshold,
+        max_body_bytes: config.max_body_bytes,
+        driver: DriverConfig {
+            // Local sandboxes cannot outlive the process; Nomad runners must (recovery).
+            stop_runners_on_shutdown: config.backend == BackendKind::Local,
+            ..DriverConfig::default()
+        },
         ..ServerOptions::default()
     };
     let server = match config.backend {

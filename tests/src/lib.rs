@@ -1,5 +1,325 @@
 //! # trident-tests
 //!
-//! Black-box tests: real HTTP and WebSocket clients against a running `trident` server, the
-//! Poseidon end-to-end list (`reference/poseidon.md` §10.2) among them. They arrive with the
-//! server issue.
+//! The kit for black-box tests: a [`Server`] that runs the real `trident` binary on an ephemeral
+//! port with its own state directory, real HTTP (reqwest) and WebSocket (tokio-tungstenite)
+//! clients, and a [`Conversation`] that records what an execution's WebSocket said. The tests
+//! themselves are in `tests/` (the end-to-end suite follows Poseidon's e2e list,
+//! `reference/poseidon.md` §10.2).
+//!
+//! The binary is built on first use with the cargo that runs the tests (`$CARGO build -p
+//! trident-server --bin trident`, same profile and target directory), because cargo only hands
+//! the path of a binary to the tests of its own package.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// How long a server may take to answer `/health` after its start.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long any one WebSocket conversation may take before the test gives up.
+const EXECUTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `trident` binary, built once per test process.
+pub fn server_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            // <target>/<profile>/deps/<test binary>: the binary lands in <target>/<profile>/.
+            let test = std::env::current_exe().expect("the test binary's path");
+            let profile_dir = test
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("a test binary lives in <target>/<profile>/deps")
+                .to_owned();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args([
+                "build",
+                "--quiet",
+                "-p",
+                "trident-server",
+                "--bin",
+                "trident",
+            ]);
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "building the trident binary failed");
+            let binary = profile_dir.join("trident");
+            assert!(binary.exists(), "no binary at {}", binary.display());
+            binary
+        })
+        .clone()
+}
+
+/// A `trident` process serving on an ephemeral port; stopped (SIGTERM) when dropped.
+pub struct Server {
+    child: Child,
+    base: String,
+    /// An HTTP client for it.
+    pub client: reqwest::Client,
+    _state: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    pub async fn start(extra: &[&str]) -> Server {
+        let port = {
+            let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
+            probe.local_addr().expect("bound").port()
+        };
+        let state = tempfile::tempdir().expect("a temporary directory");
+        let child = Command::new(server_binary())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(extra)
+            .env("TRIDENT_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the trident binary starts");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}/api/v1"),
+            client: reqwest::Client::new(),
+            _state: state,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(response) = server.client.get(server.url("/health")).send().await
+                && response.status().is_success()
+            {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "the server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates an environment with `pool` runners and waits until they are idle.
+    pub async fn environment(&self, id: u64, pool: u32, memory_mb: u32) {
+        let response = self
+            .client
+            .put(self.url(&format!("/execution-environments/{id}")))
+            .json(&json!({
+                "prewarmingPoolSize": pool, "cpuLimit": 100, "memoryLimit": memory_mb,
+                "image": "host", "networkAccess": false, "exposedPorts": null
+            }))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(response.status(), 201);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let stats: Value = self
+                .client
+                .get(self.url("/statistics/execution-environments"))
+                .send()
+                .await
+                .expect("statistics")
+                .json()
+                .await
+                .expect("JSON");
+            if stats[id.to_string()]["idleRunners"] == json!(pool) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the pool did not fill: {stats}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn claim(&self, environment: u64, inactivity_s: u64) -> String {
+        let response: Value = self
+            .client
+            .post(self.url("/runners"))
+            .json(
+                &json!({"executionEnvironmentId": environment, "inactivityTimeout": inactivity_s}),
+            )
+            .send()
+            .await
+            .expect("claim")
+            .json()
+            .await
+            .expect("JSON");
+        response["runnerId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a runner id in {response}"))
+            .to_owned()
+    }
+
+    pub async fn copy(&self, runner: &str, path: &str, content: &[u8]) -> reqwest::StatusCode {
+        use base64::Engine;
+        let content = base64::engine::general_purpose::STANDARD.encode(content);
+        self.client
+            .patch(self.url(&format!("/runners/{runner}/files")))
+            .json(&json!({"copy": [{"path": path, "content": content}]}))
+            .send()
+            .await
+            .expect("patch")
+            .status()
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's peak resident memory so far, in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmHWM line")
+    }
+
+    /// Requests an execution and returns its WebSocket URL.
+    pub async fn execute_url(&self, runner: &str, body: Value) -> String {
+        let response: Value = self
+            .client
+            .post(self.url(&format!("/runners/{runner}/execute")))
+            .json(&body)
+            .send()
+            .await
+            .expect("execute")
+            .json()
+            .await
+            .expect("JSON");
+        response["websocketUrl"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a websocket URL in {response}"))
+            .to_owned()
+    }
+
+    /// Runs a command over the WebSocket, sending `input` after `start`; returns every message.
+    pub async fn run(&self, runner: &str, body: Value, input: Option<&str>) -> Conversation {
+        let url = self.execute_url(runner, body).await;
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("the WebSocket connects");
+        let mut conversation = Conversation::default();
+        let started = Instant::now();
+        tokio::time::timeout(EXECUTION_TIMEOUT, async {
+            while let Some(message) = socket.next().await {
+                match message.expect("a frame") {
+                    Message::Text(text) => {
+                        let value: Value = serde_json::from_str(&text).expect("JSON message");
+                        if value["type"] == "start"
+                            && let Some(input) = input
+                        {
+                            socket
+                                .send(Message::Text(input.into()))
+                                .await
+                                .expect("stdin");
+                        }
+                        conversation.messages.push(value);
+                    }
+                    Message::Close(frame) => {
+                        conversation.close = frame.map(|frame| frame.code);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the execution ended in time");
+        conversation.elapsed = started.elapsed();
+        conversation
+    }
+}
+
+impl Server {
+    /// The server's state directory (runner workspaces live under it).
+    pub fn state_dir(&self) -> &std::path::Path {
+        self._state.path()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the server to exit; `None` if it had to be killed.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM, then wait: the server stops its sandboxes as it exits.
+        self.terminate();
+    }
+}
+
+/// What an execution's WebSocket said.
+#[derive(Debug, Default)]
+pub struct Conversation {
+    /// Every JSON message, in order.
+    pub messages: Vec<Value>,
+    /// The close code the server sent, if any.
+    pub close: Option<CloseCode>,
+    /// From connecting to the close.
+    pub elapsed: Duration,
+}
+
+impl Conversation {
+    pub fn text(&self, kind: &str) -> String {
+        self.messages
+            .iter()
+            .filter(|message| message["type"] == kind)
+            .filter_map(|message| message["data"].as_str())
+            .collect()
+    }
+
+    pub fn kinds(&self) -> Vec<&str> {
+        self.messages
+            .iter()
+            .filter_map(|message| message["type"].as_str())
+            .collect()
+    }
+
+    pub fn last_control(&self) -> &Value {
+        self.messages
+            .iter()
+            .rev()
+            .find(|message| !matches!(message["type"].as_str(), Some("stdout" | "stderr")))
+            .expect("a control message")
+    }
+}

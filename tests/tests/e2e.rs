@@ -1,228 +1,12 @@
-//! End-to-end tests: the real `trident` binary on the local backend, driven by real HTTP
-//! (reqwest) and WebSocket (tokio-tungstenite) clients, following Poseidon's e2e list
-//! (`reference/poseidon.md` §10.2). Each test starts its own server process with its own state
-//! directory and port, and stops it at the end.
+//! End-to-end tests: the real `trident` binary on the local backend, driven by real HTTP and
+//! WebSocket clients, following Poseidon's e2e list (`reference/poseidon.md` §10.2) and named
+//! after the behaviour each pins. Each test starts its own server.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-/// How long a server may take to answer `/health` after its start.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long any one WebSocket conversation may take before the test gives up.
-const EXECUTION_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Server {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
-    _state: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(extra: &[&str]) -> Server {
-        let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
-            probe.local_addr().expect("bound").port()
-        };
-        let state = tempfile::tempdir().expect("a temporary directory");
-        let child = Command::new(env!("CARGO_BIN_EXE_trident"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--state-dir")
-            .arg(state.path())
-            .args(extra)
-            .env("TRIDENT_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the trident binary starts");
-        let server = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}/api/v1"),
-            client: reqwest::Client::new(),
-            _state: state,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Ok(response) = server.client.get(server.url("/health")).send().await
-                && response.status().is_success()
-            {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "the server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Creates an environment with `pool` runners and waits until they are idle.
-    async fn environment(&self, id: u64, pool: u32, memory_mb: u32) {
-        let response = self
-            .client
-            .put(self.url(&format!("/execution-environments/{id}")))
-            .json(&json!({
-                "prewarmingPoolSize": pool, "cpuLimit": 100, "memoryLimit": memory_mb,
-                "image": "host", "networkAccess": false, "exposedPorts": null
-            }))
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(response.status(), 201);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let stats: Value = self
-                .client
-                .get(self.url("/statistics/execution-environments"))
-                .send()
-                .await
-                .expect("statistics")
-                .json()
-                .await
-                .expect("JSON");
-            if stats[id.to_string()]["idleRunners"] == json!(pool) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the pool did not fill: {stats}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn claim(&self, environment: u64, inactivity_s: u64) -> String {
-        let response: Value = self
-            .client
-            .post(self.url("/runners"))
-            .json(
-                &json!({"executionEnvironmentId": environment, "inactivityTimeout": inactivity_s}),
-            )
-            .send()
-            .await
-            .expect("claim")
-            .json()
-            .await
-            .expect("JSON");
-        response["runnerId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a runner id in {response}"))
-            .to_owned()
-    }
-
-    async fn copy(&self, runner: &str, path: &str, content: &[u8]) -> reqwest::StatusCode {
-        use base64::Engine;
-        let content = base64::engine::general_purpose::STANDARD.encode(content);
-        self.client
-            .patch(self.url(&format!("/runners/{runner}/files")))
-            .json(&json!({"copy": [{"path": path, "content": content}]}))
-            .send()
-            .await
-            .expect("patch")
-            .status()
-    }
-
-    /// Runs a command over the WebSocket, sending `input` after `start`; returns every message.
-    async fn run(&self, runner: &str, body: Value, input: Option<&str>) -> Conversation {
-        let response: Value = self
-            .client
-            .post(self.url(&format!("/runners/{runner}/execute")))
-            .json(&body)
-            .send()
-            .await
-            .expect("execute")
-            .json()
-            .await
-            .expect("JSON");
-        let url = response["websocketUrl"].as_str().expect("a websocket URL");
-        let (mut socket, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("the WebSocket connects");
-        let mut conversation = Conversation::default();
-        let started = Instant::now();
-        tokio::time::timeout(EXECUTION_TIMEOUT, async {
-            while let Some(message) = socket.next().await {
-                match message.expect("a frame") {
-                    Message::Text(text) => {
-                        let value: Value = serde_json::from_str(&text).expect("JSON message");
-                        if value["type"] == "start"
-                            && let Some(input) = input
-                        {
-                            socket
-                                .send(Message::Text(input.into()))
-                                .await
-                                .expect("stdin");
-                        }
-                        conversation.messages.push(value);
-                    }
-                    Message::Close(frame) => {
-                        conversation.close = frame.map(|frame| frame.code);
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("the execution ended in time");
-        conversation.elapsed = started.elapsed();
-        conversation
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM, then wait: the server stops its sandboxes as it exits.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, Default)]
-struct Conversation {
-    messages: Vec<Value>,
-    close: Option<CloseCode>,
-    elapsed: Duration,
-}
-
-impl Conversation {
-    fn text(&self, kind: &str) -> String {
-        self.messages
-            .iter()
-            .filter(|message| message["type"] == kind)
-            .filter_map(|message| message["data"].as_str())
-            .collect()
-    }
-
-    fn kinds(&self) -> Vec<&str> {
-        self.messages
-            .iter()
-            .filter_map(|message| message["type"].as_str())
-            .collect()
-    }
-
-    fn last_control(&self) -> &Value {
-        self.messages
-            .iter()
-            .rev()
-            .find(|message| !matches!(message["type"].as_str(), Some("stdout" | "stderr")))
-            .expect("a control message")
-    }
-}
+use trident_tests::Server;
 
 #[tokio::test]
 async fn health_version_and_unknown_routes() {
@@ -701,5 +485,340 @@ async fn an_execution_id_works_once_and_only_on_its_runner() {
     assert!(
         again.is_err(),
         "a second connect with the same id must fail"
+    );
+}
+
+#[tokio::test]
+async fn claiming_from_an_empty_pool_fails_at_once_with_nomad_overload() {
+    let server = Server::start(&[]).await;
+    server.environment(5, 0, 128).await;
+    let response = server
+        .client
+        .post(server.url("/runners"))
+        .json(&json!({"executionEnvironmentId": 5}))
+        .send()
+        .await
+        .expect("claim");
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["errorCode"], "NOMAD_OVERLOAD");
+    assert_eq!(
+        body["message"],
+        "no runners available for this execution environment"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_with_a_message() {
+    let server = Server::start(&[]).await;
+    let response = server
+        .client
+        .post(server.url("/runners"))
+        .header("Content-Type", "application/json")
+        .body("{\"executionEnvironmentId\": \"one\"")
+        .send()
+        .await
+        .expect("claim");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("JSON");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413() {
+    let server = Server::start(&["--max-body-bytes", "1024"]).await;
+    server.environment(1, 1, 128).await;
+    let runner = server.claim(1, 0).await;
+    assert_eq!(server.copy(&runner, "small.txt", &[b'a'; 100]).await, 204);
+    assert_eq!(server.copy(&runner, "big.txt", &[b'a'; 4096]).await, 413);
+}
+
+#[tokio::test]
+async fn traversal_and_symlink_escapes_are_rejected_and_the_host_file_is_untouched() {
+    let server = Server::start(&[]).await;
+    server.environment(1, 1, 128).await;
+    let runner = server.claim(1, 0).await;
+    let host = tempfile::tempdir().expect("a host directory");
+    let victim = host.path().join("victim.txt");
+    std::fs::write(&victim, "original").expect("write the victim");
+    // Symlinks planted from inside the runner, to the file and to its directory.
+    let plant = format!(
+        "ln -s {victim} file-link && ln -s {dir} dir-link && ln -s / root-link",
+        victim = victim.display(),
+        dir = host.path().display()
+    );
+    let planted = server.run(&runner, json!({"command": plant}), None).await;
+    assert_eq!(planted.last_control()["data"], 0, "{planted:?}");
+
+    for path in [
+        "../victim.txt",
+        "dir-link/victim.txt",
+        "root-link/etc/passwd",
+    ] {
+        let status = server.copy(&runner, path, b"pwned").await;
+        assert_eq!(status, 400, "copy to {path}");
+    }
+    for path in ["file-link", "dir-link/victim.txt", "../../../../etc/passwd"] {
+        let raw = server.url(&format!("/runners/{runner}/files/raw?path={path}"));
+        let response = server.client.get(&raw).send().await.expect("download");
+        assert!(
+            matches!(response.status().as_u16(), 400 | 424),
+            "download of {path}: {}",
+            response.status()
+        );
+        assert_ne!(response.text().await.expect("body"), "original");
+    }
+    // Copying onto the file link replaces the link, never writes through it.
+    let status = server.copy(&runner, "file-link", b"pwned").await;
+    assert!(matches!(status.as_u16(), 204 | 400), "{status}");
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "original");
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_and_the_server_stays_responsive() {
+    let server = Server::start(&[]).await;
+    server.environment(1, 1, 256).await;
+    let runner = server.claim(1, 0).await;
+    let url = server
+        .execute_url(
+            &runner,
+            json!({"command": "bomb() { bomb | bomb & }; bomb", "timeLimit": 3}),
+        )
+        .await;
+    let (socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connects");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let health = server
+            .client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(health.status(), 204);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(socket);
+    // Another runner still starts and works while the bomb's runner is contained.
+    server.environment(2, 1, 128).await;
+    let other = server.claim(2, 0).await;
+    let ok = server
+        .run(&other, json!({"command": "echo -n fine"}), None)
+        .await;
+    assert_eq!(ok.text("stdout"), "fine");
+}
+
+#[tokio::test]
+async fn a_hundred_megabytes_of_output_stream_with_bounded_server_memory() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&[]).await;
+    server.environment(1, 1, 256).await;
+    let runner = server.claim(1, 0).await;
+    let before_kib = server.peak_rss_kib();
+    let url = server
+        .execute_url(
+            &runner,
+            json!({"command": "head -c 100000000 /dev/zero | tr '\\0' a"}),
+        )
+        .await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connects");
+    let mut received = 0usize;
+    let mut exit = None;
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(message) = socket.next().await {
+            match message.expect("a frame") {
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).expect("JSON");
+                    match value["type"].as_str() {
+                        Some("stdout") => received += value["data"].as_str().map_or(0, str::len),
+                        Some("exit") => exit = value["data"].as_u64(),
+                        _ => {}
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        result.is_ok(),
+        "the output did not finish streaming in time"
+    );
+    assert_eq!(exit, Some(0));
+    assert_eq!(received, 100_000_000);
+    let after_kib = server.peak_rss_kib();
+    assert!(
+        after_kib < before_kib + 64 * 1024,
+        "peak RSS grew from {before_kib} KiB to {after_kib} KiB while streaming 100 MB"
+    );
+}
+
+#[tokio::test]
+async fn stdin_round_trips_through_cat_and_a_python_prompt() {
+    let server = Server::start(&[]).await;
+    server.environment(1, 1, 256).await;
+    let runner = server.claim(1, 0).await;
+    // Ctrl-D on the terminal ends cat's input.
+    let cat = server
+        .run(&runner, json!({"command": "cat"}), Some("ping\n\u{4}"))
+        .await;
+    assert_eq!(cat.text("stdout").matches("ping").count(), 2, "{cat:?}");
+    assert_eq!(cat.last_control()["data"], 0);
+
+    let python = "/usr/bin/python3 -c 'name = input(\"Name? \"); print(\"Hi\", name)'";
+    let prompt = server
+        .run(&runner, json!({"command": python}), Some("Ada\n"))
+        .await;
+    let output = prompt.text("stdout");
+    assert!(output.contains("Hi Ada"), "{output:?}");
+    // Without the readline module CPython writes the prompt to stderr (PyOS_StdioReadline), as
+    // it does in Poseidon's containers, where stderr is a separate stream too.
+    let prompt_text = format!("{output}{}", prompt.text("stderr"));
+    assert!(prompt_text.contains("Name? "), "{prompt:?}");
+}
+
+#[tokio::test]
+async fn a_client_disconnect_kills_the_process() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(&[]).await;
+    server.environment(1, 1, 256).await;
+    let runner = server.claim(1, 0).await;
+    let url = server
+        .execute_url(&runner, json!({"command": "echo pid=$$; exec sleep 1000"}))
+        .await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connects");
+    let mut pid = None;
+    while pid.is_none() {
+        let Some(Ok(Message::Text(text))) = socket.next().await else {
+            panic!("the execution ended before printing its pid");
+        };
+        let value: Value = serde_json::from_str(&text).expect("JSON");
+        if let Some(data) = value["data"].as_str()
+            && let Some(rest) = data.trim().strip_prefix("pid=")
+        {
+            pid = rest.parse::<u32>().ok();
+        }
+    }
+    let pid = pid.expect("a pid");
+    drop(socket);
+    let check = format!(
+        "for i in $(seq 50); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; exit 1"
+    );
+    let gone = server
+        .run(
+            &runner,
+            json!({"command": check, "privilegedExecution": true}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        gone.last_control()["data"],
+        0,
+        "process {pid} outlived its client: {gone:?}"
+    );
+}
+
+#[tokio::test]
+async fn executions_on_different_runners_run_concurrently() {
+    let server = Server::start(&[]).await;
+    server.environment(1, 3, 128).await;
+    let runners = [
+        server.claim(1, 0).await,
+        server.claim(1, 0).await,
+        server.claim(1, 0).await,
+    ];
+    let started = std::time::Instant::now();
+    let runs = runners.iter().enumerate().map(|(index, runner)| {
+        server.run(
+            runner,
+            json!({"command": format!("sleep 1; echo -n {index}")}),
+            None,
+        )
+    });
+    let conversations = futures_util::future::join_all(runs).await;
+    for (index, conversation) in conversations.iter().enumerate() {
+        assert_eq!(conversation.text("stdout"), index.to_string());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_ends_executions_with_an_error_and_removes_every_sandbox() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut server = Server::start(&[]).await;
+    server.environment(1, 2, 128).await;
+    let runner = server.claim(1, 0).await;
+    let url = server
+        .execute_url(&runner, json!({"command": "sleep 1000"}))
+        .await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connects");
+    let Some(Ok(Message::Text(start))) = socket.next().await else {
+        panic!("no start message");
+    };
+    assert!(start.contains("start"));
+    let runner_dirs = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        runner_dirs(server.state_dir()) >= 2,
+        "the pool's runners live in the state dir"
+    );
+
+    let _ = std::process::Command::new("kill")
+        .arg(server.pid().to_string())
+        .status();
+    let mut last = None;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(message) = socket.next().await {
+            match message {
+                Ok(Message::Text(text)) => {
+                    last = Some(serde_json::from_str::<Value>(&text).expect("JSON"))
+                }
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the execution did not end on SIGTERM");
+    let last = last.expect("a final message");
+    assert_eq!(last["type"], "error", "{last}");
+    let status = server.terminate().expect("the server exits by itself");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        runner_dirs(server.state_dir()),
+        0,
+        "every sandbox is removed"
     );
 }
