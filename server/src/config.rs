@@ -35,11 +35,19 @@ pub enum LogFormat {
 
 /// `trident`: Poseidon's API on pools of pre-warmed sandboxes.
 ///
-/// Every flag can also be set by its environment variable or in the configuration file; flags
-/// win over variables, variables over the file.
+/// Without a subcommand, `trident` serves. Every server flag can also be set by its environment
+/// variable or in the configuration file; flags win over variables, variables over the file.
 #[derive(Clone, Debug, Default, Parser)]
-#[command(name = "trident", version, about, long_about = None)]
+#[command(
+    name = "trident",
+    version,
+    about = "Trident: Poseidon's API on pools of pre-warmed sandboxes. Without a subcommand, serves.",
+    long_about = None
+)]
 pub struct Cli {
+    /// A client command; none to serve.
+    #[command(subcommand)]
+    pub command: Option<crate::client::ClientCommand>,
     /// A TOML configuration file (keys as in the flags, with `_` for `-`).
     #[arg(long, env = "TRIDENT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -9,6 +9,7 @@
 //! ([`trident_backends::Executor`]).
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod driver;
 

@@ -16,6 +16,9 @@ fn main() -> ExitCode {
     // anything else, in particular before any thread starts.
     trident_backends::local::init::run_if_requested();
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return run_client(command);
+    }
     let config = match Config::load(&cli) {
         Ok(config) => config,
         Err(error) => {
@@ -38,6 +41,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
+            eprintln!("trident: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client(command: trident_server::client::ClientCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("trident: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(trident_server::client::run(command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => {
             eprintln!("trident: {message}");
             ExitCode::FAILURE
         }

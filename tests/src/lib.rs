@@ -132,6 +132,11 @@ impl Server {
             .await
             .expect("put");
         assert_eq!(response.status(), 201);
+        self.environment_ready(id, pool).await;
+    }
+
+    /// Waits until environment `id` has `pool` idle runners.
+    pub async fn environment_ready(&self, id: u64, pool: u32) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let stats: Value = self

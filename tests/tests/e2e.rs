@@ -822,3 +822,64 @@ async fn sigterm_ends_executions_with_an_error_and_removes_every_sandbox() {
         "every sandbox is removed"
     );
 }
+
+#[tokio::test]
+async fn the_command_line_client_runs_a_python_file_end_to_end() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let server = Server::start(&[]).await;
+    let base = server.url("").trim_end_matches("/api/v1").to_owned();
+    let binary = trident_tests::server_binary();
+    let put = Command::new(&binary)
+        .args([
+            "env", "put", "7", "--pool", "1", "--memory", "256", "--server", &base,
+        ])
+        .output()
+        .expect("trident env put");
+    assert!(put.status.success(), "{put:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&put.stdout),
+        "environment 7 created\n"
+    );
+    server.environment_ready(7, 1).await;
+
+    let dir = tempfile::tempdir().expect("a directory");
+    let script = dir.path().join("hello.py");
+    std::fs::write(
+        &script,
+        "name = input()\nprint(f'Hello, {name}!')\nraise SystemExit(3)\n",
+    )
+    .expect("write the script");
+    let mut run = Command::new(&binary)
+        .args(["run", "--env", "7", "--server", &base, "--file"])
+        .arg(&script)
+        .args(["--", "python3", "hello.py"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("trident run");
+    run.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"Ada\n")
+        .expect("write stdin");
+    let output = tokio::task::spawn_blocking(move || run.wait_with_output())
+        .await
+        .expect("joined")
+        .expect("trident run ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("Hello, Ada!"), "{stdout:?}");
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    // The runner was given back: none is in use.
+    let stats: Value = server
+        .client
+        .get(server.url("/statistics/execution-environments"))
+        .send()
+        .await
+        .expect("statistics")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(stats["7"]["usedRunners"], 0, "{stats}");
+}
