@@ -10,8 +10,10 @@
 //!
 //! Backends do I/O; the decisions stay in [`trident_core::Manager`].
 
+pub mod contract;
 pub mod executor;
 pub mod local;
+pub mod nomad;
 
 pub use executor::{
     BackendError, ExecutionEvent, ExecutionRequest, Executor, FileDownload, FileHeader, FileUpdate,

@@ -95,20 +95,83 @@ fn copy_creates_files_0744_and_directories_01777_with_parents() {
 }
 
 #[test]
-fn absolute_paths_map_into_the_workspace() {
+fn absolute_paths_reach_the_workspace_and_tmp_and_nothing_else() {
     let f = Fixture::new();
     // The workspace's mount point inside the sandbox names the workspace itself …
     f.workspace.copy("/workspace/a.txt", b"a").expect("copy");
     assert_eq!(std::fs::read(f.ws().join("a.txt")).expect("written"), b"a");
-    // … and any other absolute path is relative to the workspace, as to an image root.
-    f.workspace
-        .copy("/tmp/absolute/file/path.txt", b"b")
-        .expect("copy");
+    // … `/tmp` is unreachable while no /tmp handle is given …
+    assert!(matches!(
+        f.workspace.copy("/tmp/absolute/file/path.txt", b"b"),
+        Err(FileError::Unreachable(_))
+    ));
+    // … and reaches the given directory once one is.
+    std::fs::create_dir(f.dir.path().join("tmp")).expect("tmp");
+    let tmp = std::fs::File::open(f.dir.path().join("tmp")).expect("open tmp");
+    let ws = Workspace::open(
+        &f.ws(),
+        PathBuf::from("/workspace"),
+        IdMap::SingleId {
+            host_uid: nix::unistd::geteuid().as_raw(),
+            host_gid: nix::unistd::getegid().as_raw(),
+        },
+        1000,
+    )
+    .expect("open")
+    .with_tmp(tmp.into());
+    ws.copy("/tmp/absolute/file/path.txt", b"b").expect("copy");
     assert_eq!(
-        std::fs::read(f.ws().join("tmp/absolute/file/path.txt")).expect("written"),
+        std::fs::read(f.dir.path().join("tmp/absolute/file/path.txt")).expect("written"),
         b"b"
     );
+    assert!(!f.ws().join("tmp").exists(), "not in the workspace");
+    assert_eq!(
+        ws.list("/tmp/", true)
+            .expect("list")
+            .into_iter()
+            .map(|e| e.name)
+            .collect::<Vec<_>>(),
+        [
+            "/tmp/absolute",
+            "/tmp/absolute/file",
+            "/tmp/absolute/file/path.txt"
+        ]
+    );
+    // `..` is cleaned before the classification, and cannot climb out of /tmp's parent.
+    ws.copy("/workspace/../tmp/x.txt", b"x").expect("copy");
+    assert!(f.dir.path().join("tmp/x.txt").is_file());
+    assert!(matches!(
+        ws.copy("/tmp/../../x", b"x"),
+        Err(FileError::Escape(_))
+    ));
+    // Every other absolute path is out of reach, for every operation.
+    for path in [
+        "/",
+        "/etc/passwd",
+        "/proc/1/environ",
+        "/home/user/x",
+        "/tmpx/a",
+    ] {
+        assert!(
+            matches!(ws.copy(path, b"x"), Err(FileError::Unreachable(_))),
+            "{path}"
+        );
+        assert!(
+            matches!(ws.open_file(path), Err(FileError::Unreachable(_))),
+            "{path}"
+        );
+        assert!(
+            matches!(ws.list(path, false), Err(FileError::Unreachable(_))),
+            "{path}"
+        );
+        assert!(
+            matches!(ws.delete(path), Err(FileError::Unreachable(_))),
+            "{path}"
+        );
+        assert!(matches!(ws.check(path), Err(FileError::Unreachable(_))));
+    }
     assert!(!Path::new("/tmp/absolute/file/path.txt").exists());
+    f.secret_untouched();
 }
 
 #[test]
@@ -362,7 +425,7 @@ fn download_gives_size_and_content_of_regular_files_only() {
     ));
     assert!(matches!(
         f.workspace.open_file("/proc/1/environ"),
-        Err(FileError::NotFound(_))
+        Err(FileError::Unreachable(_))
     ));
     f.workspace.copy("dir/", b"").expect("mkdir");
     assert!(matches!(
@@ -480,6 +543,79 @@ async fn a_symlink_planted_by_a_command_does_not_let_file_operations_escape() {
             "{path}"
         );
     }
+    drop(run);
+    sb.destroy().await.expect("destroy");
+    drop(host);
+}
+
+#[tokio::test]
+async fn files_copied_to_absolute_tmp_paths_are_in_the_sandboxs_tmp() {
+    // Poseidon's e2e `TestCopyFilesRoute`: copy `/tmp/absolute/file/path.txt`, then `cat` it.
+    let (dir, host, sb) = sandbox_fixture("abs-tmp").await;
+    let ws = sb.workspace().expect("workspace");
+    ws.copy("/tmp/absolute/file/path.txt", b"Hello from /tmp")
+        .expect("copy");
+    let mut run = sb
+        .exec(ExecSpec::shell(
+            "cat /tmp/absolute/file/path.txt; echo; stat -c '%U %a' /tmp/absolute /tmp/absolute/file/path.txt; \
+             echo made > /tmp/by-command; mount --bind /workspace /tmp/absolute 2>/dev/null; true",
+        ))
+        .await
+        .expect("start");
+    let out = run.collect().await.expect("ends");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello from /tmp\r\nroot 1777\r\nroot 744\r\n"
+    );
+    // The other way round: what a command writes to /tmp can be read back. It lives in the
+    // runner's own directory on the host (not the host's /tmp), and goes with the sandbox.
+    let (size, _) = ws.open_file("/tmp/by-command").expect("read back");
+    assert_eq!(size, 5);
+    assert!(!Path::new("/tmp/by-command").exists());
+    let on_host = dir.path().join("state/abs-tmp/tmp/by-command");
+    assert!(on_host.is_file(), "{on_host:?}");
+    drop(run);
+    sb.destroy().await.expect("destroy");
+    assert!(!on_host.exists(), "/tmp is removed with the sandbox");
+    drop(host);
+}
+
+#[tokio::test]
+async fn mounts_made_inside_the_sandbox_do_not_redirect_tmp_file_operations() {
+    // A privileged command (root inside) may mount over a directory of /tmp; the server resolves
+    // /tmp paths by host path, in its own mount namespace, so it never sees that mount.
+    let (_dir, host, sb) = sandbox_fixture("tmp-mounts").await;
+    let ws = sb.workspace().expect("workspace");
+    ws.copy("/tmp/dir/under.txt", b"tmpfs").expect("copy");
+    let mut spec = ExecSpec::shell(
+        "mount -t tmpfs none /tmp/dir && echo over > /tmp/dir/over.txt && ls /tmp/dir",
+    );
+    spec.privileged = true;
+    let mut run = sb.exec(spec).await.expect("start");
+    let out = run.collect().await.expect("ends");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (0, "over.txt\r\n"),
+        "the command's mount took effect inside: {out:?}"
+    );
+    let names: Vec<String> = ws
+        .list("/tmp/dir", false)
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["under.txt"],
+        "file operations see the tmpfs, not the mount"
+    );
+    assert!(matches!(
+        ws.open_file("/tmp/dir/over.txt"),
+        Err(FileError::NotFound(_))
+    ));
     drop(run);
     sb.destroy().await.expect("destroy");
     drop(host);

@@ -33,20 +33,12 @@ const OUTCOME_QUEUE: usize = 1_024;
 pub struct DriverConfig {
     /// At most this many effects run against the backend at once; the rest wait in order.
     pub effects_in_flight_max: usize,
-    /// Stop every runner when the server shuts down: right for the local backend, whose
-    /// sandboxes cannot outlive the process; wrong for Nomad, whose runners a restarted server
-    /// recovers.
-    pub stop_runners_on_shutdown: bool,
-    /// How long the shutdown may spend stopping runners.
-    pub shutdown_timeout: Duration,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
             effects_in_flight_max: 64,
-            stop_runners_on_shutdown: false,
-            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -197,8 +189,9 @@ pub fn spawn<E: Executor>(
         manager,
         executor,
         config,
+        // tokio's clock, not the wall clock: paused and simulated inside the simulation.
         clock: Clock {
-            start: Instant::now(),
+            start: tokio::time::Instant::now(),
         },
         commands,
         outcomes,
@@ -283,42 +276,10 @@ impl<E: Executor> Driver<E> {
         for (_, lease) in std::mem::take(&mut self.leases) {
             let _ = lease.send(Some(LeaseEndCause::Released));
         }
+        // Effects in flight are abandoned; what the backend keeps is its own business (the
+        // local backend destroys its sandboxes at shutdown, Nomad's runners are recovered).
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        if self.config.stop_runners_on_shutdown {
-            self.stop_all_runners().await;
-        }
-    }
-
-    /// Stops every runner the manager knows, `effects_in_flight_max` at a time, within the
-    /// shutdown timeout.
-    async fn stop_all_runners(&mut self) {
-        let runners: Vec<RunnerId> = self.manager.runner_ids().collect();
-        let total = runners.len();
-        tracing::info!(runners = total, "stopping every runner");
-        let executor = Arc::clone(&self.executor);
-        let limit = self.config.effects_in_flight_max.max(1);
-        let stopping = async move {
-            let mut tasks = JoinSet::new();
-            for runner in runners {
-                while tasks.len() >= limit {
-                    tasks.join_next().await;
-                }
-                let executor = Arc::clone(&executor);
-                tasks.spawn(async move {
-                    if let Err(error) = executor.stop_runner(runner).await {
-                        tracing::warn!(%runner, %error, "stopping a runner at shutdown failed");
-                    }
-                });
-            }
-            while tasks.join_next().await.is_some() {}
-        };
-        if tokio::time::timeout(self.config.shutdown_timeout, stopping)
-            .await
-            .is_err()
-        {
-            tracing::warn!(runners = total, "gave up stopping runners at shutdown");
-        }
     }
 
     fn command(&mut self, command: Command) {

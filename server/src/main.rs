@@ -8,7 +8,6 @@ use tokio_util::sync::CancellationToken;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
-use trident_server::driver::DriverConfig;
 use trident_server::{ServerOptions, start};
 
 fn main() -> ExitCode {
@@ -91,14 +90,9 @@ async fn serve(config: Config) -> Result<(), String> {
         token: config.token.clone(),
         depleting_threshold: config.depleting_threshold,
         max_body_bytes: config.max_body_bytes,
-        driver: DriverConfig {
-            // Local sandboxes cannot outlive the process; Nomad runners must (recovery).
-            stop_runners_on_shutdown: config.backend == BackendKind::Local,
-            ..DriverConfig::default()
-        },
         ..ServerOptions::default()
     };
-    let server = match config.backend {
+    match config.backend {
         BackendKind::Local => {
             let executable = std::env::current_exe()
                 .map_err(|error| format!("cannot find this program's path: {error}"))?;
@@ -116,12 +110,19 @@ async fn serve(config: Config) -> Result<(), String> {
                 .map_err(|error| format!("the local backend cannot sandbox code here: {error}"))?;
             tracing::info!(capabilities = %host.capabilities(), "local backend ready");
             let executor = Arc::new(LocalExecutor::new(host, LocalOptions::default()));
-            start(executor, listener, options).map_err(|error| error.to_string())?
+            let server = start(Arc::clone(&executor), listener, options)
+                .map_err(|error| error.to_string())?;
+            let served = run_until_signal(server).await;
+            executor.shutdown().await;
+            tracing::info!("every sandbox is destroyed");
+            served
         }
-        BackendKind::Nomad => {
-            return Err("the Nomad backend is not built yet; use --backend local".into());
-        }
-    };
+        BackendKind::Nomad => Err("the Nomad backend is not built yet; use --backend local".into()),
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then stops the server gracefully.
+async fn run_until_signal(server: trident_server::RunningServer) -> Result<(), String> {
     tracing::info!(addr = %server.addr, "serving Poseidon's API on http://{}/api/v1", server.addr);
     wait_for_signal(server.shutdown.clone()).await;
     server

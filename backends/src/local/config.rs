@@ -225,7 +225,10 @@ pub struct Limits {
     /// shares with runc's formula `1 + (shares - 2) * 9999 / 262142`), plus a hard CFS quota of
     /// `period * MHz / core MHz` when [`HostConfig::cpu_hard_limit_core_mhz`] is set.
     pub cpu_mhz: Option<u32>,
-    /// Size of the private `/tmp` tmpfs in bytes. Its pages count against the memory limit.
+    /// Size of the `/dev/shm` tmpfs in bytes; its pages count against the memory limit.
+    /// `/tmp` is not bounded by it any more: it is a host directory of the runner (so that file
+    /// operations can reach it, see [`crate::local::Workspace::with_tmp`]), bounded like the
+    /// workspace by the state dir's file system.
     pub tmp_bytes: u64,
 }
 

@@ -5,16 +5,27 @@
 //! memory with the root file system their image maps to. Nothing outlives the server: its
 //! sandboxes die with it (see [`crate::local`]), so the inventory of a fresh server is empty and
 //! claim marks need no persistence beyond this process.
+//!
+//! # Unexpected deaths
+//!
+//! Every running runner has a watcher task that waits on its init's pidfd. If the init exits
+//! without [`Executor::stop_runner`] having been called (killed from outside, crashed), the
+//! watcher removes the runner, tears down what is left of its sandbox (cgroups, directories) and
+//! reports [`Observation::Down`] with [`DownCause::Lost`], after the runner's `Up`. Watchers are
+//! owned: a runner's entry holds its watcher and aborts it when removed (stop) or dropped (the
+//! executor dropped); a watcher that has already taken its runner out of the map finishes its
+//! report or gives up when the executor is dropped.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use trident_core::{
-    EnvironmentId, EnvironmentSpec, Inventory, InventoryRunner, InventoryStatus, MappedPort,
-    RunnerId, RunnerMark, Timestamp,
+    DownCause, EnvironmentId, EnvironmentSpec, Inventory, InventoryRunner, InventoryStatus,
+    MappedPort, RunnerId, RunnerMark, Timestamp,
 };
 
 use crate::executor::{
@@ -22,7 +33,7 @@ use crate::executor::{
     Observation, RunningExecution,
 };
 use crate::local::{
-    Event, ExecSpec, Execution, FileError, Limits, Sandbox, SandboxHost, SandboxSpec,
+    Event, ExecSpec, Execution, FileError, InitExit, Limits, Sandbox, SandboxHost, SandboxSpec,
 };
 
 /// Observations waiting for the driver. Each runner start produces one, so the bound is the
@@ -48,16 +59,50 @@ struct LocalRunner {
     sandbox: Arc<Sandbox>,
     ports: Vec<MappedPort>,
     mark: RunnerMark,
+    /// Tells this entry from a later one under the same id, so that a watcher never removes a
+    /// runner it was not started for.
+    generation: u64,
+    watcher: Watcher,
 }
+
+/// The task watching one runner's init. Dropping the entry that holds it aborts the task, so a
+/// stopped runner or a dropped executor leaves no watcher behind.
+struct Watcher(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+type Runners = Mutex<BTreeMap<RunnerId, LocalRunner>>;
 
 /// The local backend. See the module documentation.
 pub struct LocalExecutor {
-    host: SandboxHost,
+    host: Arc<SandboxHost>,
+    /// Sandbox creations running at once. Each keeps a core busy for ~15 ms; unbounded, a pool
+    /// refill would starve the requests being served (claim latency).
+    /// Each creation's permit travels with it onto its blocking thread, so a creation whose
+    /// caller gave up still counts until it is done.
+    creations: Arc<tokio::sync::Semaphore>,
+    /// The semaphore's size, so that shutdown can wait for every creation in flight.
+    creations_max: u32,
+    /// Destructions in flight hold one permit each (on their blocking thread), so that shutdown
+    /// can wait for them: a destruction cut short by the runtime's end would leave a cgroup or a
+    /// workspace behind.
+    destructions: Arc<tokio::sync::Semaphore>,
     options: LocalOptions,
     environments: Mutex<BTreeMap<EnvironmentId, Arc<EnvironmentSpec>>>,
-    runners: Mutex<BTreeMap<RunnerId, LocalRunner>>,
+    /// Shared with the watchers only weakly: they must not keep the runners alive.
+    runners: Arc<Runners>,
+    next_generation: AtomicU64,
     observations: mpsc::Sender<Observation>,
     observations_rx: Mutex<Option<mpsc::Receiver<Observation>>>,
+    /// Never sent on; dropped with the executor, which ends the watchers that have detached
+    /// from their entry to deliver a `Down` (nobody would act on it any more).
+    shutdown: watch::Sender<()>,
 }
 
 impl std::fmt::Debug for LocalExecutor {
@@ -71,13 +116,44 @@ impl LocalExecutor {
     pub fn new(host: SandboxHost, options: LocalOptions) -> LocalExecutor {
         let (observations, observations_rx) = mpsc::channel(OBSERVATION_QUEUE);
         LocalExecutor {
-            host,
+            host: Arc::new(host),
+            creations: Arc::new(tokio::sync::Semaphore::new(creations_at_once())),
+            destructions: Arc::new(tokio::sync::Semaphore::new(DESTRUCTIONS_MAX as usize)),
+            creations_max: u32::try_from(creations_at_once()).unwrap_or(1),
             options,
             environments: Mutex::new(BTreeMap::new()),
-            runners: Mutex::new(BTreeMap::new()),
+            runners: Arc::new(Mutex::new(BTreeMap::new())),
+            next_generation: AtomicU64::new(0),
             observations,
             observations_rx: Mutex::new(Some(observations_rx)),
+            shutdown: watch::Sender::new(()),
         }
+    }
+
+    /// The host pid of a runner's sandbox init (pid 1 inside), for diagnostics and for tests that
+    /// make a sandbox die behind the executor's back.
+    pub fn init_pid(&self, runner: RunnerId) -> Result<i32, BackendError> {
+        Ok(self.sandbox(runner)?.init_pid())
+    }
+
+    /// Waits for the sandbox creations in flight, refuses new ones, and destroys every sandbox
+    /// (workspaces included). The server calls it when it stops: local sandboxes cannot outlive
+    /// the process anyway, and this leaves nothing behind on disk or in the cgroup tree.
+    pub async fn shutdown(&self) {
+        if let Ok(all) = self.creations.acquire_many(self.creations_max).await {
+            all.forget();
+        }
+        self.creations.close();
+        let runners: Vec<RunnerId> = lock(&self.runners).keys().copied().collect();
+        for runner in runners {
+            if let Err(error) = self.stop_runner(runner).await {
+                tracing::warn!(%runner, %error, "destroying a sandbox at shutdown failed");
+            }
+        }
+        if let Ok(all) = self.destructions.acquire_many(DESTRUCTIONS_MAX).await {
+            all.forget();
+        }
+        self.destructions.close();
     }
 
     /// The sandbox host, for start-up reports.
@@ -121,6 +197,27 @@ impl LocalExecutor {
     }
 }
 
+/// Destructions in flight at most; more wait for a permit.
+const DESTRUCTIONS_MAX: u32 = 1_024;
+
+/// Half the cores, at least one: the other half stays free for requests and executions.
+fn creations_at_once() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+}
+
+/// Runs a sandbox's creation or destruction on a blocking-pool thread. Both make blocking system
+/// calls (clone, mount, waiting for a cgroup to empty) for milliseconds; on the runtime's few
+/// worker threads they would hold up every request behind them (claims measured 3 ms at the
+/// median and 16 ms at p99 before this, under pool refills).
+async fn off_the_workers<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, BackendError> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(work))
+        .await
+        .map_err(|error| BackendError::Failed(format!("a sandbox task failed: {error}")))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep serving.
     mutex
@@ -128,14 +225,79 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Waits for a runner's init to exit; if the runner is still the one this watcher was started
+/// for, removes it, purges its sandbox and reports it lost (after its `Up`, whose delivery
+/// `up_sent` signals). See the module documentation for who ends this task.
+async fn watch_runner(
+    runners: Weak<Runners>,
+    runner: RunnerId,
+    generation: u64,
+    exit: InitExit,
+    up_sent: oneshot::Receiver<()>,
+    observations: mpsc::Sender<Observation>,
+    mut shutdown: watch::Receiver<()>,
+) {
+    tokio::select! {
+        biased;
+        // `changed` only fails, when the executor is dropped: nothing is ever sent.
+        _ = shutdown.changed() => return,
+        () = exit.wait() => {}
+    }
+    let Some(runners) = runners.upgrade() else {
+        return;
+    };
+    let local = {
+        let mut map = lock(&runners);
+        match map.get(&runner) {
+            Some(local) if local.generation == generation => {}
+            // Stopped (or replaced) while we woke up: not ours to report.
+            _ => return,
+        }
+        let Some(mut local) = map.remove(&runner) else {
+            return;
+        };
+        // Detach ourselves: dropping the entry must not abort the task that is running this.
+        drop(local.watcher.0.take());
+        local
+    };
+    drop(runners);
+    tracing::warn!(%runner, "the runner's sandbox died unexpectedly");
+    let report = async {
+        match Arc::try_unwrap(local.sandbox) {
+            Ok(sandbox) => {
+                if let Err(error) = sandbox.destroy().await {
+                    tracing::warn!(%runner, %error, "purging a dead sandbox failed");
+                }
+            }
+            // A file operation still holds it; the last holder's drop tears it down.
+            Err(shared) => drop(shared),
+        }
+        // Either `Up` was sent, or its sender is gone (the start failed): go on either way.
+        let _ = up_sent.await;
+        let _ = observations
+            .send(Observation::Down {
+                runner,
+                cause: DownCause::Lost,
+            })
+            .await;
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.changed() => {}
+        () = report => {}
+    }
+}
+
 fn file_error(error: FileError) -> BackendError {
     match error {
         FileError::Escape(_) | FileError::SymlinkEscape(_) | FileError::Invalid(_) => {
             BackendError::BadRequest(error.to_string())
         }
-        FileError::NotFound(_) | FileError::IsADirectory(_) | FileError::NotAFile(_) => {
-            BackendError::FileNotFound
-        }
+        // Unreachable paths (`/proc/1/environ`, say) cannot be read: Poseidon answers 424 too.
+        FileError::NotFound(_)
+        | FileError::Unreachable(_)
+        | FileError::IsADirectory(_)
+        | FileError::NotAFile(_) => BackendError::FileNotFound,
         other => BackendError::Failed(other.to_string()),
     }
 }
@@ -206,35 +368,77 @@ impl Executor for LocalExecutor {
         runner: RunnerId,
         spec: Arc<EnvironmentSpec>,
     ) -> Result<(), BackendError> {
-        let sandbox = self
-            .host
-            .create(self.sandbox_spec(runner, &spec))
+        let permit = Arc::clone(&self.creations)
+            .acquire_owned()
             .await
+            .map_err(|_| BackendError::Failed("the executor is shutting down".into()))?;
+        let host = Arc::clone(&self.host);
+        let sandbox_spec = self.sandbox_spec(runner, &spec);
+        let sandbox = off_the_workers(async move {
+            let _permit = permit;
+            host.create(sandbox_spec).await
+        })
+        .await?
+        .map_err(|error| BackendError::Failed(error.to_string()))?;
+        let exit = sandbox
+            .exit_watch()
             .map_err(|error| BackendError::Failed(error.to_string()))?;
         let ports = self.ports(&spec);
-        lock(&self.runners).insert(
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let (up_sent, up_sent_rx) = oneshot::channel();
+        let task = tokio::spawn(watch_runner(
+            Arc::downgrade(&self.runners),
+            runner,
+            generation,
+            exit,
+            up_sent_rx,
+            self.observations.clone(),
+            self.shutdown.subscribe(),
+        ));
+        let replaced = lock(&self.runners).insert(
             runner,
             LocalRunner {
                 sandbox: Arc::new(sandbox),
                 ports: ports.clone(),
                 mark: RunnerMark::Idle,
+                generation,
+                watcher: Watcher(Some(task)),
             },
         );
-        self.observations
+        // Cannot happen (the sandbox's directory is named by the id, so a second create fails),
+        // but if it did, the old sandbox is torn down outside the lock.
+        drop(replaced);
+        let sent = self
+            .observations
             .send(Observation::Up { runner, ports })
             .await
-            .map_err(|_| BackendError::Failed("the driver stopped listening".into()))
+            .map_err(|_| BackendError::Failed("the driver stopped listening".into()));
+        let _ = up_sent.send(());
+        sent
     }
 
     async fn stop_runner(&self, runner: RunnerId) -> Result<(), BackendError> {
         let Some(local) = lock(&self.runners).remove(&runner) else {
             return Ok(());
         };
-        match Arc::try_unwrap(local.sandbox) {
-            Ok(sandbox) => sandbox
-                .destroy()
-                .await
-                .map_err(|error| BackendError::Failed(error.to_string())),
+        let LocalRunner {
+            sandbox, watcher, ..
+        } = local;
+        // Before the kill: a stop is no unexpected death.
+        drop(watcher);
+        match Arc::try_unwrap(sandbox) {
+            Ok(sandbox) => {
+                let permit = Arc::clone(&self.destructions)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| BackendError::Failed("the executor is shutting down".into()))?;
+                off_the_workers(async move {
+                    let _permit = permit;
+                    sandbox.destroy().await
+                })
+                .await?
+                .map_err(|error| BackendError::Failed(error.to_string()))
+            }
             // A file operation still holds it; the last holder's drop tears it down.
             Err(shared) => {
                 drop(shared);
@@ -292,30 +496,63 @@ impl Executor for LocalExecutor {
         Ok(LocalExecution { execution })
     }
 
+    /// Paths are resolved as [`crate::local::files`] documents. Every path is checked before
+    /// anything is done, so a request with an escaping or invalid path (`BadRequest`) changes
+    /// nothing. Paths outside the workspace and `/tmp` (which the local backend cannot write)
+    /// are skipped while the rest is done, then reported as a copy failure, the way Poseidon's
+    /// `tar` extracts what it can and fails on what it "Cannot open".
     async fn update_files(&self, runner: RunnerId, update: FileUpdate) -> Result<(), BackendError> {
         let sandbox = self.sandbox(runner)?;
         tokio::task::spawn_blocking(move || {
             let workspace = sandbox.workspace().map_err(file_error)?;
+            let mut unreachable = Vec::new();
+            let paths = update
+                .delete
+                .iter()
+                .chain(update.copy.iter().map(|(p, _)| p));
+            for path in paths {
+                match workspace.check(path) {
+                    Ok(()) => {}
+                    Err(FileError::Unreachable(_)) => unreachable.push(path.as_str()),
+                    Err(error) => return Err(BackendError::BadRequest(error.to_string())),
+                }
+            }
             for path in &update.delete {
                 match workspace.delete(path) {
-                    Ok(()) | Err(FileError::NotFound(_)) => {}
+                    Ok(()) | Err(FileError::NotFound(_)) | Err(FileError::Unreachable(_)) => {}
                     Err(error) => return Err(file_error(error)),
                 }
             }
             for (path, content) in &update.copy {
-                workspace.copy(path, content).map_err(|error| match error {
-                    FileError::Escape(_) | FileError::SymlinkEscape(_) | FileError::Invalid(_) => {
-                        BackendError::BadRequest(error.to_string())
+                match workspace.copy(path, content) {
+                    Ok(()) | Err(FileError::Unreachable(_)) => {}
+                    Err(
+                        error @ (FileError::Escape(_)
+                        | FileError::SymlinkEscape(_)
+                        | FileError::Invalid(_)),
+                    ) => return Err(BackendError::BadRequest(error.to_string())),
+                    Err(other) => {
+                        return Err(BackendError::Failed(format!("file copy failed: {other}")));
                     }
-                    other => BackendError::Failed(format!("file copy failed: {other}")),
-                })?;
+                }
             }
-            Ok(())
+            if unreachable.is_empty() {
+                Ok(())
+            } else {
+                Err(BackendError::Failed(format!(
+                    "file copy failed: Cannot open: {}: only the workspace and /tmp can be written",
+                    unreachable.join(", ")
+                )))
+            }
         })
         .await
         .map_err(|error| BackendError::Failed(error.to_string()))?
     }
 
+    /// `privileged` is ignored: the listing is made by the server, which sees every file of
+    /// the workspace and `/tmp` whatever its owner or mode, so an unprivileged listing shows
+    /// what a privileged one would (Poseidon's unprivileged `ls` would fail on a directory the
+    /// sandbox user cannot read). Nothing outside these two is reachable either way.
     async fn list_files(
         &self,
         runner: RunnerId,
@@ -332,6 +569,10 @@ impl Executor for LocalExecutor {
         .map_err(|error| BackendError::Failed(error.to_string()))?
     }
 
+    /// `privileged` is ignored, as for `list_files`: a file the sandbox user
+    /// could not read (a `0600` file of the sandbox's root, say) is downloaded all the same,
+    /// where Poseidon's unprivileged `cat` would answer 424. Files written by `update_files` are
+    /// `0744` and readable by the sandbox user anyway.
     async fn download_file(
         &self,
         runner: RunnerId,

@@ -4,17 +4,27 @@
 //!
 //! A client path is resolved like this:
 //!
+//! First the path is cleaned lexically like Go's `path.Clean` (which Poseidon applies): `.` and
+//! empty components vanish, `a/../b` is `b`. A `..` that would climb above the workspace (for a
+//! relative path) or above `/` (for an absolute one) is refused with [`FileError::Escape`]. Then:
+//!
 //! - `./x`, `x`: relative to the workspace; `./` and the empty path are the workspace itself.
 //! - `/workspace/x` (the workspace's mount point inside the sandbox): the same file as `x`, so a
 //!   path a command prints can be used as it is.
-//! - any other absolute path `/a/b`: `a/b` in the workspace. The local backend exposes only the
-//!   workspace to file operations, so the workspace plays the part of Poseidon's image root:
-//!   Poseidon's `/tmp/absolute/file/path.txt` lands in `<workspace>/tmp/absolute/file/path.txt`.
-//! - The path is cleaned lexically like Go's `path.Clean` (which Poseidon applies): `.` and empty
-//!   components vanish, `a/../b` is `b`. A `..` that would climb above the workspace is refused
-//!   with [`FileError::Escape`].
+//! - `/tmp/x`: `x` in the sandbox's private `/tmp`, the very file a command sees there (Poseidon's
+//!   e2e `TestCopyFilesRoute` copies `/tmp/absolute/file/path.txt` and `cat`s it). See
+//!   [`Workspace::with_tmp`] for how the host reaches it.
+//! - any other absolute path (`/`, `/etc/passwd`, `/proc/1/environ`, `/home/user/x`) is
+//!   [`FileError::Unreachable`]: file operations reach only the workspace and `/tmp`, and the rest
+//!   of a sandbox's file system is the read-only root shared with the host, which a file
+//!   operation done by the server must never touch. Poseidon would write such paths inside the
+//!   container as root, or fail to read them (`/proc/1/environ` gives 424); the local executor
+//!   answers reads with "file not found" (424, like Poseidon) and writes with a copy failure
+//!   (500, like Poseidon's `tar` that "Cannot open" a path), after the other entries are written.
+//!   Mapping them into the workspace instead (as an earlier version did) would put files where
+//!   no command looks for them.
 //!
-//! Then the kernel resolves it below an fd of the workspace with `openat2(RESOLVE_BENEATH |
+//! Then the kernel resolves it below an fd of the workspace (or of `/tmp`) with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_MAGICLINKS)`: symlinks inside the workspace are followed, but any resolution step
 //! that would leave it (an absolute symlink, a relative one with too many `..`, a chain of them)
 //! fails with `EXDEV`, reported as [`FileError::SymlinkEscape`]. The check and the use are one
@@ -57,9 +67,13 @@ pub const MAX_LIST_ENTRIES: usize = 100_000;
 /// Why a file operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    /// The path climbs above the workspace with `..`.
+    /// The path climbs above the workspace (or `/`) with `..`.
     #[error("path {0:?} leaves the workspace")]
     Escape(String),
+    /// The path is absolute and outside the workspace and `/tmp`, the only parts of a runner
+    /// that file operations reach (see the module documentation).
+    #[error("{0:?} is outside the workspace and /tmp")]
+    Unreachable(String),
     /// A symlink on the path points out of the workspace.
     #[error("path {0:?} leads out of the workspace through a symlink")]
     SymlinkEscape(String),
@@ -100,6 +114,8 @@ pub use crate::executor::FileHeader;
 #[derive(Debug)]
 pub struct Workspace {
     root: OwnedFd,
+    /// The sandbox's `/tmp`, if file operations may reach it.
+    tmp: Option<OwnedFd>,
     mount: PathBuf,
     id_map: IdMap,
     sandbox_uid: u32,
@@ -108,12 +124,14 @@ pub struct Workspace {
 }
 
 /// What a resolved client path designates.
-struct Target {
-    /// Normal components below the workspace; empty for the workspace itself.
+struct Target<'a> {
+    /// The directory the path is confined to: the workspace or `/tmp`.
+    base: BorrowedFd<'a>,
+    /// Normal components below `base`; empty for `base` itself.
     components: Vec<OsString>,
 }
 
-impl Target {
+impl Target<'_> {
     fn parent_and_name(&self) -> Option<(&[OsString], &OsStr)> {
         let (name, parent) = self.components.split_last()?;
         Some((parent, name.as_os_str()))
@@ -156,6 +174,7 @@ impl Workspace {
         };
         Ok(Workspace {
             root: root_fd,
+            tmp: None,
             mount,
             id_map,
             sandbox_uid,
@@ -163,22 +182,39 @@ impl Workspace {
         })
     }
 
-    /// Cleans a client path into components below the workspace.
-    fn resolve(&self, path: &str) -> Result<Target, FileError> {
+    /// Lets file operations reach the sandbox's `/tmp` through `tmp`, a directory fd of it.
+    ///
+    /// The sandbox's `/tmp` is a bind mount of a host directory of the runner
+    /// (`<state_dir>/<id>/tmp`), and `tmp` must be opened by its *host* path, like the workspace:
+    /// then no mount a command makes inside the sandbox (a sandbox root may bind a read-only host
+    /// directory such as `/etc` under `/tmp`) can redirect the server, host root, which resolves
+    /// paths in its own mount namespace. An fd of the sandbox's own tmpfs would be subject to
+    /// such mounts, and host root cannot even create files in a tmpfs mounted inside the
+    /// sandbox's user namespace (its uid is not mapped there: `EOVERFLOW`).
+    ///
+    /// What this costs against a tmpfs: `/tmp` has no size bound of its own (the state dir's file
+    /// system bounds it, as it bounds the workspace) and its pages are page cache, not shmem,
+    /// under the sandbox's memory limit.
+    pub fn with_tmp(mut self, tmp: OwnedFd) -> Workspace {
+        self.tmp = Some(tmp);
+        self
+    }
+
+    /// Checks a client path without touching anything: `Err` for exactly the paths every
+    /// operation refuses ([`FileError::Escape`], [`FileError::Invalid`],
+    /// [`FileError::Unreachable`]), so that a request can be refused before any of it is done.
+    pub fn check(&self, path: &str) -> Result<(), FileError> {
+        self.resolve(path).map(drop)
+    }
+
+    /// Cleans a client path into a base directory and components below it.
+    fn resolve(&self, path: &str) -> Result<Target<'_>, FileError> {
         if path.contains('\0') {
             return Err(FileError::Invalid(path.to_owned()));
         }
         let as_path = Path::new(path);
-        let relative: &Path = if as_path.is_absolute() {
-            as_path
-                .strip_prefix(&self.mount)
-                .or_else(|_| as_path.strip_prefix("/"))
-                .unwrap_or(as_path)
-        } else {
-            as_path
-        };
         let mut components: Vec<OsString> = Vec::new();
-        for component in relative.components() {
+        for component in as_path.components() {
             match component {
                 Component::Normal(name) => components.push(name.to_owned()),
                 Component::CurDir | Component::RootDir => {}
@@ -190,12 +226,29 @@ impl Workspace {
                 Component::Prefix(_) => return Err(FileError::Invalid(path.to_owned())),
             }
         }
-        Ok(Target { components })
+        if !as_path.is_absolute() {
+            return Ok(Target {
+                base: self.root.as_fd(),
+                components,
+            });
+        }
+        let workspace = self.mount.strip_prefix("/").unwrap_or(&self.mount);
+        let base = match components.first() {
+            Some(first) if Path::new(first) == workspace => self.root.as_fd(),
+            Some(first) if first == "tmp" => match &self.tmp {
+                Some(tmp) => tmp.as_fd(),
+                None => return Err(FileError::Unreachable(path.to_owned())),
+            },
+            _ => return Err(FileError::Unreachable(path.to_owned())),
+        };
+        components.remove(0);
+        Ok(Target { base, components })
     }
 
     /// Opens `components` below the workspace with the kernel confining the resolution.
     fn open_beneath(
         &self,
+        base: BorrowedFd<'_>,
         components: &[OsString],
         flags: OFlag,
         client: &str,
@@ -203,15 +256,16 @@ impl Workspace {
         let how = OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        openat2(self.root.as_fd(), &join(components), how).map_err(|e| map_errno(e, "open", client))
+        openat2(base, &join(components), how).map_err(|e| map_errno(e, "open", client))
     }
 
     fn open_dir_beneath(
         &self,
+        base: BorrowedFd<'_>,
         components: &[OsString],
         client: &str,
     ) -> Result<OwnedFd, FileError> {
-        self.open_beneath(components, OFlag::O_PATH | OFlag::O_DIRECTORY, client)
+        self.open_beneath(base, components, OFlag::O_PATH | OFlag::O_DIRECTORY, client)
     }
 
     /// Gives a new entry (opened as `fd`) the ownership and mode Poseidon's `tar` would.
@@ -231,10 +285,15 @@ impl Workspace {
 
     /// Ensures the directories `components` exist (creating missing ones with [`DIR_MODE`]) and
     /// returns an fd of the last.
-    fn ensure_dirs(&self, components: &[OsString], client: &str) -> Result<OwnedFd, FileError> {
-        let mut current = self.open_dir_beneath(&[], client)?;
+    fn ensure_dirs(
+        &self,
+        base: BorrowedFd<'_>,
+        components: &[OsString],
+        client: &str,
+    ) -> Result<OwnedFd, FileError> {
+        let mut current = self.open_dir_beneath(base, &[], client)?;
         for depth in 1..=components.len() {
-            match self.open_dir_beneath(&components[..depth], client) {
+            match self.open_dir_beneath(base, &components[..depth], client) {
                 Ok(fd) => current = fd,
                 Err(FileError::NotFound(_)) => {
                     let name = components[depth - 1].as_os_str();
@@ -260,7 +319,7 @@ impl Workspace {
                         Err(Errno::EEXIST) => {}
                         Err(e) => return Err(map_errno(e, "create directory", client)),
                     }
-                    current = self.open_dir_beneath(&components[..depth], client)?;
+                    current = self.open_dir_beneath(base, &components[..depth], client)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -274,7 +333,7 @@ impl Workspace {
     pub fn copy(&self, path: &str, content: &[u8]) -> Result<(), FileError> {
         let target = self.resolve(path)?;
         if path.ends_with('/') {
-            let dir = self.ensure_dirs(&target.components, path)?;
+            let dir = self.ensure_dirs(target.base, &target.components, path)?;
             // An existing directory keeps its owner and mode, as with tar.
             drop(dir);
             return Ok(());
@@ -282,7 +341,7 @@ impl Workspace {
         let Some((parent, name)) = target.parent_and_name() else {
             return Err(FileError::IsADirectory(path.to_owned()));
         };
-        let dir = self.ensure_dirs(parent, path)?;
+        let dir = self.ensure_dirs(target.base, parent, path)?;
         let flags = OFlag::O_WRONLY
             | OFlag::O_CREAT
             | OFlag::O_TRUNC
@@ -325,10 +384,11 @@ impl Workspace {
     pub fn delete(&self, path: &str) -> Result<(), FileError> {
         let target = self.resolve(path)?;
         let Some((parent, name)) = target.parent_and_name() else {
-            let root = self.open_beneath(&[], OFlag::O_RDONLY | OFlag::O_DIRECTORY, path)?;
+            let root =
+                self.open_beneath(target.base, &[], OFlag::O_RDONLY | OFlag::O_DIRECTORY, path)?;
             return remove_contents(root, path, 0);
         };
-        let dir = match self.open_dir_beneath(parent, path) {
+        let dir = match self.open_dir_beneath(target.base, parent, path) {
             Ok(dir) => dir,
             Err(FileError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
@@ -348,15 +408,18 @@ impl Workspace {
         let target = self.resolve(path)?;
         let mut out = Vec::new();
         let dir = match target.parent_and_name() {
-            None => self.open_beneath(&[], OFlag::O_RDONLY | OFlag::O_DIRECTORY, path)?,
+            None => {
+                self.open_beneath(target.base, &[], OFlag::O_RDONLY | OFlag::O_DIRECTORY, path)?
+            }
             // `dir/` (like `ls -l dir/`) follows a symlink to a directory, confined.
             Some(_) if path.ends_with('/') => self.open_beneath(
+                target.base,
                 &target.components,
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY,
                 path,
             )?,
             Some((parent, name)) => {
-                let parent_fd = self.open_dir_beneath(parent, path)?;
+                let parent_fd = self.open_dir_beneath(target.base, parent, path)?;
                 let stat = fstatat(parent_fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| map_errno(e, "inspect", path))?;
                 if file_type(&stat) != 'd' {
@@ -477,6 +540,7 @@ impl Workspace {
             return Err(FileError::IsADirectory(path.to_owned()));
         }
         let fd = self.open_beneath(
+            target.base,
             &target.components,
             OFlag::O_RDONLY | OFlag::O_NONBLOCK,
             path,

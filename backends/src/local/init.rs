@@ -280,6 +280,7 @@ fn build_sandbox(setup: &Setup) -> Result<(), Failure> {
     };
     let rootfs_fd = open_dir(&setup.rootfs)?;
     let workspace_fd = open_dir(&setup.workspace)?;
+    let tmp_fd = open_dir(&setup.tmp)?;
     let fd_path = |fd: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     // Read the host root's entries while we can (host credentials).
     let mut entries = Vec::new();
@@ -430,14 +431,25 @@ fn build_sandbox(setup: &Setup) -> Result<(), Failure> {
     .stage(|| "harden the workspace mount".into())?;
     drop(workspace_fd);
     drop(rootfs_fd);
+    // /tmp is a host directory of the runner, like the workspace, so that the server's file
+    // operations can reach it by a host path (see `crate::local::files`): mounts made inside the
+    // sandbox never appear there, and host root writing files in a file system mounted in the
+    // sandbox's user namespace would need ids mapped in it. The price: no tmpfs size bound.
     mount(
-        Some("tmpfs"),
+        Some(&fd_path(&tmp_fd)),
         "tmp",
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(format!("mode=1777,size={}", setup.tmp_bytes.max(4096)).as_str()),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
     )
-    .stage(|| "mount /tmp".into())?;
+    .stage(|| "bind /tmp".into())?;
+    sys::mount_setattr(
+        c"tmp",
+        false,
+        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+    )
+    .stage(|| "harden the /tmp mount".into())?;
+    drop(tmp_fd);
     mount(
         Some("tmpfs"),
         "run",

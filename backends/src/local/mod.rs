@@ -3,7 +3,7 @@
 //! A runner of the local backend is a [`Sandbox`]: a long-lived init process that holds the
 //! runner's namespaces (user, mount, pid, ipc, uts, cgroup and — unless the environment has
 //! network access — network), its mounts (a read-only root file system, the runner's workspace
-//! read-write at `/workspace`, a private `/tmp`, a fresh `/proc`, a minimal `/dev`) and its cgroups
+//! read-write at `/workspace`, a private `/tmp` (a host directory of the runner, like the workspace), a fresh `/proc`, a minimal `/dev`) and its cgroups
 //! (memory, process count, CPU share). It is the local counterpart of a Poseidon container running
 //! `sleep infinity`: pre-warming does the expensive part before a claim, files and `/tmp` persist
 //! across the executions of one runner, and an execution costs little more than a fork and an exec.
@@ -55,4 +55,4 @@ pub use exec::{Event, ExecSpec, Execution, ExitStatus};
 pub use executor::{LocalExecution, LocalExecutor, LocalOptions};
 pub use files::{FileError, FileHeader, Workspace};
 pub use probe::{Capabilities, LimitMechanism};
-pub use sandbox::{Sandbox, SandboxHost};
+pub use sandbox::{InitExit, Sandbox, SandboxHost};

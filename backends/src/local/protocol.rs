@@ -35,10 +35,13 @@ pub(crate) struct Setup {
     pub(crate) root_mountpoint: PathBuf,
     /// The workspace directory on the host.
     pub(crate) workspace: PathBuf,
+    /// The host directory bound at `/tmp` inside.
+    pub(crate) tmp: PathBuf,
     /// The workspace's top-level name inside (`workspace` for `/workspace`).
     pub(crate) workspace_name: String,
     pub(crate) network: bool,
     pub(crate) hostname: String,
+    /// Size of `/dev/shm` (a tmpfs).
     pub(crate) tmp_bytes: u64,
     /// Host paths to hide (absolute, host view).
     pub(crate) hidden: Vec<PathBuf>,

@@ -120,6 +120,7 @@ impl SandboxHost {
             stage1: None,
             pid1: None,
             pid1_host_pid: 0,
+            tmp_dir: dir.join("tmp"),
             cgroup: None,
             exec_counter: AtomicU64::new(0),
             wipe_on_destroy: spec.wipe_on_destroy,
@@ -169,6 +170,20 @@ impl SandboxHost {
         }
         fs::set_permissions(&sandbox.workspace_dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| SandboxError::io("set the workspace's mode", e))?;
+        // /tmp: world-writable and sticky like any /tmp, owned by the sandbox's root.
+        fs::create_dir(&sandbox.tmp_dir).map_err(|e| SandboxError::io("create /tmp", e))?;
+        if let (Some(uid), Some(gid)) = (self.id_map.host_uid(0), self.id_map.host_gid(0))
+            && nix::unistd::geteuid().is_root()
+        {
+            nix::unistd::chown(
+                &sandbox.tmp_dir,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| SandboxError::io("hand /tmp to the sandbox's root", e))?;
+        }
+        fs::set_permissions(&sandbox.tmp_dir, fs::Permissions::from_mode(0o1777))
+            .map_err(|e| SandboxError::io("set the mode of /tmp", e))?;
         let root_mountpoint = sandbox.dir.join("root");
         fs::create_dir(&root_mountpoint)
             .map_err(|e| SandboxError::io("create the root mount point", e))?;
@@ -252,6 +267,7 @@ impl SandboxHost {
             rootfs,
             root_mountpoint,
             workspace: sandbox.workspace_dir.clone(),
+            tmp: sandbox.tmp_dir.clone(),
             workspace_name: self.workspace_name.clone(),
             network: spec.network,
             hostname: spec.hostname.clone(),
@@ -362,6 +378,30 @@ fn setup_error(stage: String, errno: Option<i32>, message: String) -> SandboxErr
     SandboxError::Setup { stage, message }
 }
 
+/// Resolves when a sandbox's init has exited: see [`Sandbox::exit_watch`].
+#[derive(Debug)]
+pub struct InitExit {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl InitExit {
+    /// Waits until the init has exited. A pidfd becomes readable when its process exits, and
+    /// stays readable. Should the reactor fail us, fall back to looking once a second.
+    pub async fn wait(&self) {
+        if self.fd.readable().await.is_ok() {
+            return;
+        }
+        while !sys::pidfd_wait_exited(self.fd.get_ref().as_fd(), 0) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Whether the init has exited, without waiting.
+    pub fn has_exited(&self) -> bool {
+        sys::pidfd_wait_exited(self.fd.get_ref().as_fd(), 0)
+    }
+}
+
 /// One runner's sandbox. Dropping it kills every process in it and removes its cgroups (and, if
 /// configured, its workspace); [`Sandbox::destroy`] does the same without blocking.
 #[derive(Debug)]
@@ -376,6 +416,8 @@ pub struct Sandbox {
     stage1: Option<tokio::process::Child>,
     pid1: Option<OwnedFd>,
     pid1_host_pid: i32,
+    /// The host directory bound at the sandbox's `/tmp`.
+    tmp_dir: PathBuf,
     cgroup: Option<SandboxCgroup>,
     exec_counter: AtomicU64,
     wipe_on_destroy: bool,
@@ -393,20 +435,46 @@ impl Sandbox {
         &self.workspace_dir
     }
 
-    /// File operations on the workspace, with files owned by the sandbox's root (as Poseidon's
-    /// `tar` as root leaves them).
+    /// File operations on the workspace and `/tmp`, with files owned by the sandbox's root (as
+    /// Poseidon's `tar` as root leaves them).
     pub fn workspace(&self) -> Result<Workspace, crate::local::FileError> {
-        Workspace::open(
+        let workspace = Workspace::open(
             &self.workspace_dir,
             self.workspace_mount.clone(),
             self.id_map,
             self.sandbox_uid,
+        )?;
+        let tmp = nix::fcntl::open(
+            &self.tmp_dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
         )
+        .map_err(|e| crate::local::FileError::Io {
+            op: "open the sandbox's /tmp",
+            path: "/tmp".into(),
+            source: e.into(),
+        })?;
+        Ok(workspace.with_tmp(tmp))
     }
 
     /// The host pid of the sandbox's init (pid 1 inside).
     pub fn init_pid(&self) -> i32 {
         self.pid1_host_pid
+    }
+
+    /// A handle that resolves once the init has exited, for a watcher that must not keep the
+    /// sandbox alive: it owns a duplicate of the init's pidfd, not a reference to the sandbox, so
+    /// [`Sandbox::destroy`] can still take the sandbox by value while a watcher waits.
+    pub fn exit_watch(&self) -> Result<InitExit, SandboxError> {
+        let pidfd = self.pid1.as_ref().ok_or(SandboxError::Gone)?;
+        let dup = pidfd
+            .try_clone()
+            .map_err(|e| SandboxError::io("duplicate the init's pidfd", e))?;
+        let fd = sys::async_fd(dup, Interest::READABLE)
+            .map_err(|e| SandboxError::io("watch the init's pidfd", e))?;
+        Ok(InitExit { fd })
     }
 
     /// Whether the init is still running.
@@ -579,6 +647,8 @@ impl Sandbox {
 
     fn remove_dirs(&self) {
         let _ = fs::remove_dir(self.dir.join("root"));
+        // /tmp is scratch space: it goes with the sandbox whatever happens to the workspace.
+        let _ = fs::remove_dir_all(&self.tmp_dir);
         if self.wipe_on_destroy {
             let _ = fs::remove_dir_all(&self.workspace_dir);
             let _ = fs::remove_dir(&self.dir);

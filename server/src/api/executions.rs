@@ -204,7 +204,8 @@ async fn run<E: Executor>(
         }
         Ok(mut process) => {
             let deadline = (body.time_limit > 0)
-                .then(|| Instant::now() + Duration::from_secs(body.time_limit));
+                // tokio's clock, which the simulation controls.
+                .then(|| tokio::time::Instant::now() + Duration::from_secs(body.time_limit));
             // The input pump owns the reading half; it ends by itself when the client closes,
             // and is aborted when the execution ends first.
             let (closed_tx, mut closed) = oneshot::channel();
