@@ -220,13 +220,19 @@ pub(crate) fn drop_all_capabilities() -> io::Result<()> {
     Ok(())
 }
 
-/// Resets the signal state a child inherited from the init: the init blocks `SIGCHLD` (it reads
-/// it from a signalfd) and Rust programs ignore `SIGPIPE`; both survive `execve` and would make
-/// a learner's `yes | head` or shell job control behave unlike in a container.
+/// Resets the signal state a child inherited from the init to the defaults a container's process
+/// gets: the init blocks `SIGCHLD` (it reads it from a signalfd), Rust programs ignore `SIGPIPE`,
+/// and a server started in the background by a non-interactive shell inherits `SIGINT` and
+/// `SIGQUIT` ignored (POSIX asks shells to do that for `&` jobs). Ignored dispositions survive
+/// `execve`: without this reset the interrupt (Ctrl-\ on the terminal) would not stop a
+/// learner's program, and `yes | head` would behave unlike in a container.
 pub(crate) fn reset_signals_for_exec() -> io::Result<()> {
     use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-    for sig in [Signal::SIGPIPE, Signal::SIGCHLD, Signal::SIGXFSZ] {
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
         // SAFETY: installing SIG_DFL involves no handler code, so no signal-safety concerns.
         unsafe { signal(sig, SigHandler::SigDfl) }?;
     }
