@@ -26,44 +26,39 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("trident: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        .build();
+    block_on(runtime, serve(config))
+        .map(|()| ExitCode::SUCCESS)
+        .unwrap_or_else(|message| {
             tracing::error!("{message}");
-            eprintln!("trident: {message}");
             ExitCode::FAILURE
-        }
+        })
+}
+
+/// Runs `work` on `runtime`; a runtime that could not be built, or an error, is printed.
+fn block_on<T>(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(work),
+        Err(error) => Err(format!("cannot start the async runtime: {error}")),
+    };
+    if let Err(message) = &result {
+        eprintln!("trident: {message}");
     }
+    result
 }
 
 fn run_client(command: trident_server::client::ClientCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("trident: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(trident_server::client::run(command)) {
-        Ok(code) => ExitCode::from(code),
-        Err(message) => {
-            eprintln!("trident: {message}");
-            ExitCode::FAILURE
-        }
-    }
+        .build();
+    block_on(runtime, trident_server::client::run(command))
+        .map(ExitCode::from)
+        .unwrap_or(ExitCode::FAILURE)
 }
 
 fn init_logging(format: LogFormat) {

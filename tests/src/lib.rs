@@ -81,13 +81,27 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
+    /// Starts the `trident` binary of this workspace with `extra` flags.
     pub async fn start(extra: &[&str]) -> Server {
+        Server::start_binary(&server_binary(), extra).await
+    }
+
+    /// Starts a server with one environment (id 1, pool 1, `memory_mb`) and claims its runner.
+    pub async fn with_runner(memory_mb: u32) -> (Server, String) {
+        let server = Server::start(&[]).await;
+        server.environment(1, 1, memory_mb).await;
+        let runner = server.claim(1, 0).await;
+        (server, runner)
+    }
+
+    /// Starts `binary` (a `trident` built elsewhere, e.g. a benchmark's release build).
+    pub async fn start_binary(binary: &std::path::Path, extra: &[&str]) -> Server {
         let port = {
             let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("bound").port()
         };
         let state = tempfile::tempdir().expect("a temporary directory");
-        let child = Command::new(server_binary())
+        let child = Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")
             .arg(state.path())

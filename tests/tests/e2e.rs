@@ -234,9 +234,7 @@ async fn runners_are_claimed_and_released_with_poseidons_errors() {
 
 #[tokio::test]
 async fn files_are_copied_listed_downloaded_and_confined() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 128).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(128).await;
     let files = server.url(&format!("/runners/{runner}/files"));
     let listing: Value = server
         .client
@@ -320,9 +318,7 @@ async fn files_are_copied_listed_downloaded_and_confined() {
 
 #[tokio::test]
 async fn executions_stream_output_exit_codes_and_errors() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 256).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(256).await;
 
     let ok = server.run(&runner, json!({"command": "true"}), None).await;
     assert_eq!(ok.kinds(), vec!["start", "exit"]);
@@ -357,9 +353,7 @@ async fn executions_stream_output_exit_codes_and_errors() {
 
 #[tokio::test]
 async fn stdin_goes_through_a_terminal_and_users_differ_by_privilege() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 256).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(256).await;
 
     let head = server
         .run(
@@ -396,9 +390,7 @@ async fn stdin_goes_through_a_terminal_and_users_differ_by_privilege() {
 
 #[tokio::test]
 async fn a_time_limit_ends_the_execution_with_timeout() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 256).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(256).await;
     let slow = server
         .run(&runner, json!({"command": "sleep 4", "timeLimit": 1}), None)
         .await;
@@ -438,9 +430,7 @@ async fn the_inactivity_timeout_destroys_the_runner_during_a_long_execution() {
 
 #[tokio::test]
 async fn a_memory_breach_kills_the_process_and_the_runner_survives() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 100).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(100).await;
     let hog = server
         .run(
             &runner,
@@ -538,9 +528,7 @@ async fn a_body_over_the_limit_is_a_413() {
 
 #[tokio::test]
 async fn traversal_and_symlink_escapes_are_rejected_and_the_host_file_is_untouched() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 128).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(128).await;
     let host = tempfile::tempdir().expect("a host directory");
     let victim = host.path().join("victim.txt");
     std::fs::write(&victim, "original").expect("write the victim");
@@ -579,9 +567,7 @@ async fn traversal_and_symlink_escapes_are_rejected_and_the_host_file_is_untouch
 
 #[tokio::test]
 async fn a_fork_bomb_is_contained_and_the_server_stays_responsive() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 256).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(256).await;
     let url = server
         .execute_url(
             &runner,
@@ -622,9 +608,7 @@ async fn a_fork_bomb_is_contained_and_the_server_stays_responsive() {
 async fn a_hundred_megabytes_of_output_stream_with_bounded_server_memory() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 256).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(256).await;
     let before_kib = server.peak_rss_kib();
     let url = server
         .execute_url(
@@ -669,9 +653,7 @@ async fn a_hundred_megabytes_of_output_stream_with_bounded_server_memory() {
 
 #[tokio::test]
 async fn stdin_round_trips_through_cat_and_a_python_prompt() {
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 256).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(256).await;
     // Ctrl-D on the terminal ends cat's input.
     let cat = server
         .run(&runner, json!({"command": "cat"}), Some("ping\n\u{4}"))
@@ -695,9 +677,7 @@ async fn stdin_round_trips_through_cat_and_a_python_prompt() {
 async fn a_client_disconnect_kills_the_process() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let server = Server::start(&[]).await;
-    server.environment(1, 1, 256).await;
-    let runner = server.claim(1, 0).await;
+    let (server, runner) = Server::with_runner(256).await;
     let url = server
         .execute_url(&runner, json!({"command": "echo pid=$$; exec sleep 1000"}))
         .await;
