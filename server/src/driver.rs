@@ -33,12 +33,16 @@ const OUTCOME_QUEUE: usize = 1_024;
 pub struct DriverConfig {
     /// At most this many effects run against the backend at once; the rest wait in order.
     pub effects_in_flight_max: usize,
+    /// How long a shutdown may spend writing outstanding claim marks and finishing the effects
+    /// in flight.
+    pub shutdown_flush_timeout: Duration,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
             effects_in_flight_max: 64,
+            shutdown_flush_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -276,8 +280,26 @@ impl<E: Executor> Driver<E> {
         for (_, lease) in std::mem::take(&mut self.leases) {
             let _ = lease.send(Some(LeaseEndCause::Released));
         }
-        // Effects in flight are abandoned; what the backend keeps is its own business (the
-        // local backend destroys its sandboxes at shutdown, Nomad's runners are recovered).
+        // Claim marks still waiting are what a restarted server recovers claims from: write them
+        // (with the effects already in flight) within a bound, abandon everything else. What the
+        // backend keeps is its own business (the local backend destroys its sandboxes at
+        // shutdown, Nomad's runners are recovered).
+        let marks: Vec<Effect> = self
+            .backlog
+            .drain(..)
+            .filter(|effect| matches!(effect, Effect::MarkRunner { .. }))
+            .collect();
+        let pending_marks = marks.len();
+        for mark in marks {
+            self.start(mark);
+        }
+        let flushed = tokio::time::timeout(self.config.shutdown_flush_timeout, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if flushed.is_err() {
+            tracing::warn!(pending_marks, "gave up flushing effects at shutdown");
+        }
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
