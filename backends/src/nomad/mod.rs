@@ -1,9 +1,20 @@
-//! The Nomad backend. For now its pure part: the wire types the tracker reads ([`model`]) and the
-//! allocation tracker ([`tracker`]) that turns Nomad's event stream into runner observations.
-//! The HTTP client, the event-stream reader and the `Executor` come with their issue.
+//! The Nomad backend: the wire types ([`model`]), the allocation tracker ([`tracker`]) that
+//! turns Nomad's event stream into runner observations, and the job JSON and claim ledger
+//! ([`jobs`]) — all three pure — and the I/O around them: the
+//! typed HTTP client ([`client`]) over a pluggable [`connector`], its retry policy ([`retry`]),
+//! and the event-stream task ([`events`]). The `Executor` comes with its issue.
 //!
-//! Architecture invariant: `model` and `tracker` do no I/O, have no async, read no clock, draw no
+//! Architecture invariant: `model`, `tracker` and `jobs` do no I/O, have no async, read no clock, draw no
 //! randomness and iterate only ordered collections, so the simulation drives them unchanged.
+//!
+//! Architecture invariant: `client`, `events` and `retry` take time from `tokio::time` only and
+//! randomness from an injected `retry::Entropy`, and reach the network only through a
+//! `connector::Connector`, so the simulation runs them over turmoil unchanged.
 
+pub mod client;
+pub mod connector;
+pub mod events;
+pub mod jobs;
 pub mod model;
+pub mod retry;
 pub mod tracker;

@@ -395,6 +395,187 @@ pub struct JobPayload {
     pub id: String,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Answers of the HTTP calls (`nomad-api.md` §3, §4), read by the client in `client.rs`. Same
+// rules as above: every field defaultable, null-tolerant, unknown keys ignored.
+// ---------------------------------------------------------------------------------------------
+
+wire_enum! {
+    /// A job's status as Nomad computes it (`nomad-api.md` §3.4).
+    pub enum JobStatus {
+        /// Registered, nothing placed yet (or waiting for a reschedule).
+        Pending => "pending",
+        /// An allocation (or deployment) is not terminal.
+        Running => "running",
+        /// Stopped, or every allocation and evaluation is terminal.
+        Dead => "dead",
+    }
+}
+
+/// One entry of `GET /v1/jobs` (`JobListStub`, `nomad-api.md` §3.4).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct JobListStub {
+    /// The job's id.
+    #[serde(rename = "ID", default, deserialize_with = "null_as_default")]
+    pub id: String,
+    /// The job's name (Poseidon: equal to the id).
+    #[serde(rename = "Name", default, deserialize_with = "null_as_default")]
+    pub name: String,
+    /// The job's namespace (omitted by Nomad when empty).
+    #[serde(rename = "Namespace", default, deserialize_with = "null_as_default")]
+    pub namespace: String,
+    /// `batch`, `service`, …
+    #[serde(rename = "Type", default, deserialize_with = "null_as_default")]
+    pub kind: String,
+    /// Nomad's computed status.
+    #[serde(rename = "Status", default)]
+    pub status: JobStatus,
+    /// Set after a deregister without purge.
+    #[serde(rename = "Stop", default, deserialize_with = "null_as_default")]
+    pub stop: bool,
+    /// The job-level `Meta`; only filled when the list was asked for with `meta=true`.
+    #[serde(rename = "Meta", default, deserialize_with = "null_as_default")]
+    pub meta: BTreeMap<String, String>,
+    /// Raft index of the job's creation.
+    #[serde(rename = "CreateIndex", default, deserialize_with = "null_as_default")]
+    pub create_index: u64,
+    /// Raft index of the job row's last write (status flips included).
+    #[serde(rename = "ModifyIndex", default, deserialize_with = "null_as_default")]
+    pub modify_index: u64,
+    /// Raft index of the last spec change.
+    #[serde(
+        rename = "JobModifyIndex",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub job_modify_index: u64,
+    /// Unix nanoseconds of the last submission (beyond 2^53: never a float).
+    #[serde(rename = "SubmitTime", default, deserialize_with = "null_as_default")]
+    pub submit_time_ns: i64,
+}
+
+/// The answer to `PUT /v1/jobs` (`JobRegisterResponse`, `nomad-api.md` §3.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct JobRegisterResponse {
+    /// The evaluation the registration created; `None` for periodic and parameterized jobs.
+    #[serde(rename = "EvalID", default, deserialize_with = "non_empty_string")]
+    pub eval_id: Option<String>,
+    /// Raft index of that evaluation's creation.
+    #[serde(
+        rename = "EvalCreateIndex",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub eval_create_index: u64,
+    /// Raft index of the job's last spec change (unchanged when the spec was).
+    #[serde(
+        rename = "JobModifyIndex",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub job_modify_index: u64,
+    /// `""`, or Nomad's warning text (e.g. memory oversubscription disabled), for the log.
+    #[serde(rename = "Warnings", default, deserialize_with = "null_as_default")]
+    pub warnings: String,
+    /// The raft index of the write.
+    #[serde(rename = "Index", default, deserialize_with = "null_as_default")]
+    pub index: u64,
+}
+
+/// The answer to `DELETE /v1/job/:id` (`JobDeregisterResponse`, `nomad-api.md` §3.5). All zero
+/// for a job that did not exist: Nomad answers 200 then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct JobDeregisterResponse {
+    /// The deregister evaluation; `None` when the job did not exist.
+    #[serde(rename = "EvalID", default, deserialize_with = "non_empty_string")]
+    pub eval_id: Option<String>,
+    /// Raft index of that evaluation's creation.
+    #[serde(
+        rename = "EvalCreateIndex",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub eval_create_index: u64,
+    /// Raft index of the job's last spec change.
+    #[serde(
+        rename = "JobModifyIndex",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub job_modify_index: u64,
+    /// The raft index of the write (0 when the job did not exist).
+    #[serde(rename = "Index", default, deserialize_with = "null_as_default")]
+    pub index: u64,
+}
+
+wire_enum! {
+    /// An evaluation's status (`nomad-api.md` §4).
+    pub enum EvaluationStatus {
+        /// Not yet processed.
+        Pending => "pending",
+        /// Waiting for resources (the blocked evaluation of unplaceable allocations).
+        Blocked => "blocked",
+        /// Processed; placements may still have failed (`FailedTGAllocs`).
+        Complete => "complete",
+        /// The scheduler gave up.
+        Failed => "failed",
+        /// Cancelled (Nomad spells it with one "l").
+        Canceled => "canceled",
+    }
+}
+
+impl EvaluationStatus {
+    /// `complete`, `failed` and `canceled` are final.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EvaluationStatus::Complete | EvaluationStatus::Failed | EvaluationStatus::Canceled
+        )
+    }
+}
+
+/// An evaluation (`GET /v1/evaluation/:id`, `nomad-api.md` §4); the omitempty encoder drops its
+/// zero fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Evaluation {
+    /// The evaluation's id.
+    #[serde(rename = "ID", default, deserialize_with = "null_as_default")]
+    pub id: String,
+    /// The job it evaluates.
+    #[serde(rename = "JobID", default, deserialize_with = "null_as_default")]
+    pub job_id: String,
+    /// Its status.
+    #[serde(rename = "Status", default)]
+    pub status: EvaluationStatus,
+    /// Nomad's explanation of the status (e.g. `maximum attempts reached (5)`).
+    #[serde(
+        rename = "StatusDescription",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub status_description: String,
+    /// What created it: `job-register`, `job-deregister`, `alloc-failure`, …
+    #[serde(rename = "TriggeredBy", default, deserialize_with = "null_as_default")]
+    pub triggered_by: String,
+    /// Per task group, why placement failed (`AllocationMetric`, kept verbatim for the message).
+    /// Empty when every allocation was placed.
+    #[serde(
+        rename = "FailedTGAllocs",
+        default,
+        deserialize_with = "null_as_default"
+    )]
+    pub failed_task_group_allocations: BTreeMap<String, serde_json::Value>,
+    /// The blocked evaluation created for the allocations that could not be placed.
+    #[serde(rename = "BlockedEval", default, deserialize_with = "non_empty_string")]
+    pub blocked_eval: Option<String>,
+    /// Raft index of its creation.
+    #[serde(rename = "CreateIndex", default, deserialize_with = "null_as_default")]
+    pub create_index: u64,
+    /// Raft index of its last change.
+    #[serde(rename = "ModifyIndex", default, deserialize_with = "null_as_default")]
+    pub modify_index: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,5 +832,42 @@ mod tests {
             Frame::from_json(br#"{"Index": 1, "Events": [{"Topic": "Allocation", "Payload": {"Allocation": {"ID": 1}}}]}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn http_answers_decode_with_absent_null_and_unknown_keys() {
+        let jobs: Vec<JobListStub> = serde_json::from_str(
+            r#"[{"ID": "7-a", "ParentID": "", "Name": "7-a", "Type": "batch", "Priority": 50,
+                 "Status": "running", "Stop": false, "Meta": {"used": "true"},
+                 "JobSummary": {"Summary": {}}, "CreateIndex": 3, "ModifyIndex": 9,
+                 "JobModifyIndex": 3, "SubmitTime": 1714644903100000001},
+                {"ID": "7-b", "Status": "hibernating", "Meta": null}]"#,
+        )
+        .expect("job stubs");
+        assert_eq!(jobs[0].status, JobStatus::Running);
+        assert_eq!(jobs[0].meta["used"], "true");
+        assert_eq!(jobs[0].submit_time_ns, 1_714_644_903_100_000_001);
+        assert_eq!(jobs[1].status, JobStatus::Unknown("hibernating".into()));
+        assert!(jobs[1].meta.is_empty());
+
+        let deleted_unknown: JobDeregisterResponse = serde_json::from_str(
+            r#"{"EvalID": "", "EvalCreateIndex": 0, "JobModifyIndex": 0, "VolumeEvalID": "",
+                "Index": 0, "LastContact": 0, "KnownLeader": false, "NextToken": ""}"#,
+        )
+        .expect("a deregister answer");
+        assert_eq!(deleted_unknown, JobDeregisterResponse::default());
+
+        let evaluation: Evaluation = serde_json::from_str(
+            r#"{"ID": "e", "JobID": "7-a", "Status": "complete", "BlockedEval": "b",
+                "FailedTGAllocs": {"default-group": {"NodesEvaluated": 3}}, "CreateIndex": 4}"#,
+        )
+        .expect("an evaluation");
+        assert!(evaluation.status.is_terminal());
+        assert_eq!(evaluation.blocked_eval.as_deref(), Some("b"));
+        assert_eq!(evaluation.failed_task_group_allocations.len(), 1);
+        let bare: Evaluation = serde_json::from_str(r#"{"ID": "e", "Status": "pending"}"#)
+            .expect("an omitempty evaluation");
+        assert!(!bare.status.is_terminal());
+        assert_eq!(bare.blocked_eval, None);
     }
 }
