@@ -313,6 +313,7 @@ impl<C: Connector> Reader<C> {
     async fn read(&mut self, mut body: Incoming, mut resumed_at: Option<u64>) -> Outcome {
         let mut lines = LineSplitter::new(self.config.line_bytes_max);
         let mut progressed = false;
+        // tokio's clock (paused and advanced by the simulation), never the wall clock.
         let mut deadline = Instant::now() + self.config.heartbeat_timeout;
         loop {
             let chunk = match tokio::time::timeout_at(deadline, body.frame()).await {
