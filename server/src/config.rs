@@ -93,6 +93,8 @@ pub struct FileConfig {
     depleting_threshold: Option<f64>,
     log_format: Option<LogFormat>,
     max_body_bytes: Option<usize>,
+    /// Local backend: image name → root file system directory (only in the file).
+    images: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
 
 /// The configuration in force.
@@ -112,6 +114,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Local backend: image name → root file system directory; other images run on the host's
+    /// root file system, read-only. Set in the configuration file's `[images]` table.
+    pub images: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Why the configuration could not be loaded.
@@ -180,6 +185,7 @@ impl Config {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            images: file.images.unwrap_or_default(),
         })
     }
 }
@@ -241,6 +247,19 @@ mod tests {
             Config::merge(&cli, FileConfig::default()),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn images_map_to_root_file_systems_from_the_file() {
+        let config = Config::merge(
+            &Cli::default(),
+            file("[images]\n\"python:3.12\" = \"/srv/rootfs/python\"\n"),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.images.get("python:3.12"),
+            Some(&PathBuf::from("/srv/rootfs/python"))
+        );
     }
 
     #[test]

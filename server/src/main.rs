@@ -104,7 +104,14 @@ async fn serve(config: Config) -> Result<(), String> {
                 .await
                 .map_err(|error| format!("the local backend cannot sandbox code here: {error}"))?;
             tracing::info!(capabilities = %host.capabilities(), "local backend ready");
-            let executor = Arc::new(LocalExecutor::new(host, LocalOptions::default()));
+            for (image, rootfs) in &config.images {
+                tracing::info!(image, rootfs = %rootfs.display(), "image mapped to a root file system");
+            }
+            let local = LocalOptions {
+                images: config.images.clone(),
+                ..LocalOptions::default()
+            };
+            let executor = Arc::new(LocalExecutor::new(host, local));
             let server = start(Arc::clone(&executor), listener, options)
                 .map_err(|error| error.to_string())?;
             let served = run_until_signal(server).await;
