@@ -5,4 +5,7 @@
 //! workloads of CodeOcean-like clients, seeded fault plans and the invariants checked after every
 //! step. A failing seed replays with one command.
 //!
-//! The harness arrives with the simulation issue; it builds on the Nomad backend.
+//! So far: the fake Nomad ([`nomad`]). The harness arrives with the simulation issue; it builds on
+//! the Nomad backend.
+
+pub mod nomad;

@@ -1,0 +1,676 @@
+//! The scripted task driver: what runs when an exec arrives. A test double, not a shell.
+//!
+//! The argv is normally `["/bin/bash", "-c", "<script>"]`. The script is split into simple
+//! commands joined by `;`, `&&`, `||` or newlines; words use bash's quoting (single quotes,
+//! double quotes with `\" \\ \$ \``, backslash). There is no expansion (no variables, globs,
+//! command substitution), no pipes, redirections or background jobs: a script using them fails
+//! with exit 2 and says so on stderr. Leading `VAR=value` words are dropped.
+//!
+//! Commands understood (all else: `command not found` on stderr, exit 127):
+//! - wrappers: `bash|sh -c <script>` (a nested shell: its `exit` ends only it), `env [VAR=v]…
+//!   <cmd>`, `/sbin/setuser <user> <cmd>`, `unset …`, `true`, `false`, `:`;
+//! - files (`poseidon.md` §4.5–4.7): `tar --extract|-x … --file=/dev/stdin|-f -` (reads a ustar
+//!   archive from stdin, `--verbose` lists names), `rm [-r] [-f] <path>…` (`<dir>/*` removes a
+//!   directory's children), `ls -l --time-style=+%s -1 --literal [--recursive|-R] <path>`,
+//!   `cat <file>…`, `mkdir [-p] <dir>…`, `pwd`;
+//! - workloads: `echo [-n] [-e] …`, `cat` (copies stdin to stdout until stdin closes), `sleep N`
+//!   (tokio time; fractions allowed), `exit N`, `head -c N /dev/zero` (N zero bytes),
+//!   `allocate-memory <MiB>`: more than the task's memory limit OOM-kills the container (the
+//!   allocation restarts with an `oom_killed` task event; the exec ends with 137), otherwise
+//!   exits 0.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::FakeNomad;
+use super::fs::{FILE_SIZE_MAX, Fs, WORKDIR, read_tar};
+
+/// Output of a running command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Output {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// How a command ends: go on with its status, or leave the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Status(i32),
+    Exit(i32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Word(String),
+    /// `;` or a newline.
+    Then,
+    And,
+    Or,
+}
+
+/// Splits a script into words and separators with bash's quoting rules.
+fn tokenize(script: &str) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = script.chars().peekable();
+    let finish = |tokens: &mut Vec<Token>, word: &mut String, in_word: &mut bool| {
+        if *in_word {
+            tokens.push(Token::Word(std::mem::take(word)));
+            *in_word = false;
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => finish(&mut tokens, &mut word, &mut in_word),
+            '\n' | ';' => {
+                finish(&mut tokens, &mut word, &mut in_word);
+                tokens.push(Token::Then);
+            }
+            '&' if chars.peek() == Some(&'&') => {
+                chars.next();
+                finish(&mut tokens, &mut word, &mut in_word);
+                tokens.push(Token::And);
+            }
+            '|' if chars.peek() == Some(&'|') => {
+                chars.next();
+                finish(&mut tokens, &mut word, &mut in_word);
+                tokens.push(Token::Or);
+            }
+            '|' | '&' | '<' | '>' | '(' | ')' | '`' => {
+                return Err(format!("the fake shell does not support `{c}`"));
+            }
+            '$' if matches!(chars.peek(), Some('(')) => {
+                return Err("the fake shell does not support `$(`".into());
+            }
+            '#' if !in_word => {
+                for next in chars.by_ref() {
+                    if next == '\n' {
+                        tokens.push(Token::Then);
+                        break;
+                    }
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(inner) => word.push(inner),
+                        None => return Err("unexpected EOF while looking for matching `''".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(escaped @ ('"' | '\\' | '$' | '`')) => word.push(escaped),
+                            Some('\n') => {}
+                            Some(other) => {
+                                word.push('\\');
+                                word.push(other);
+                            }
+                            None => {
+                                return Err("unexpected EOF while looking for matching `\"'".into());
+                            }
+                        },
+                        Some(inner) => word.push(inner),
+                        None => return Err("unexpected EOF while looking for matching `\"'".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some('\n') | None => {}
+                    Some(escaped) => word.push(escaped),
+                }
+            }
+            other => {
+                in_word = true;
+                word.push(other);
+            }
+        }
+    }
+    finish(&mut tokens, &mut word, &mut in_word);
+    Ok(tokens)
+}
+
+/// `echo -e` escapes.
+fn unescape(text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 1 < bytes.len() {
+            i += 1;
+            match bytes[i] {
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'r' => out.push(b'\r'),
+                b'\\' => out.push(b'\\'),
+                b'x' => {
+                    let hex: String = text[i + 1..]
+                        .chars()
+                        .take(2)
+                        .take_while(char::is_ascii_hexdigit)
+                        .collect();
+                    if let Ok(value) = u8::from_str_radix(&hex, 16) {
+                        out.push(value);
+                        i += hex.len();
+                    } else {
+                        out.extend_from_slice(b"\\x");
+                    }
+                }
+                other => {
+                    out.push(b'\\');
+                    out.push(other);
+                }
+            }
+        } else {
+            out.push(bytes[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+    })
+}
+
+/// One exec's process: its stdin, its output and the container it runs in.
+pub(crate) struct Process {
+    pub(crate) nomad: FakeNomad,
+    pub(crate) alloc_id: String,
+    pub(crate) incarnation: u64,
+    pub(crate) memory_limit_mb: i64,
+    /// `None` once stdin reached EOF.
+    pub(crate) stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    pub(crate) out: mpsc::Sender<Output>,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process")
+            .field("alloc_id", &self.alloc_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Process {
+    async fn stdout(&self, bytes: impl Into<Vec<u8>>) {
+        let bytes = bytes.into();
+        if !bytes.is_empty() {
+            // A consumer that went away is not the process's problem.
+            let _ = self.out.send(Output::Stdout(bytes)).await;
+        }
+    }
+
+    async fn stderr(&self, text: impl Into<Vec<u8>>) {
+        let _ = self.out.send(Output::Stderr(text.into())).await;
+    }
+
+    async fn read_stdin(&mut self) -> Option<Vec<u8>> {
+        let chunk = self.stdin.as_mut()?.recv().await;
+        if chunk.is_none() {
+            self.stdin = None;
+        }
+        chunk
+    }
+
+    /// Runs `f` on the container's file system; `None` when the container is gone.
+    fn with_fs<R>(&self, f: impl FnOnce(&mut Fs, i64) -> R) -> Option<R> {
+        let mut state = self.nomad.lock();
+        let now_s = state.now_s();
+        let alloc = state
+            .alloc_mut(&self.alloc_id)
+            .filter(|alloc| alloc.incarnation == self.incarnation)?;
+        Some(f(&mut alloc.fs, now_s))
+    }
+
+    /// Runs an exec's argv and returns its exit code.
+    pub(crate) async fn run_argv(&mut self, argv: &[String]) -> i32 {
+        match self.command(argv).await {
+            Flow::Status(code) | Flow::Exit(code) => code,
+        }
+    }
+
+    /// Runs a script in a (nested) shell; `exit` ends only this shell.
+    fn script<'a>(&'a mut self, script: &'a str) -> Pin<Box<dyn Future<Output = i32> + Send + 'a>> {
+        Box::pin(async move {
+            let tokens = match tokenize(script) {
+                Ok(tokens) => tokens,
+                Err(message) => {
+                    self.stderr(format!("bash: {message}\n")).await;
+                    return 2;
+                }
+            };
+            let mut status = 0;
+            let mut words: Vec<String> = Vec::new();
+            // Whether the next command runs, given the separator before it.
+            let mut run_next = true;
+            let mut tokens = tokens.into_iter().peekable();
+            loop {
+                let token = tokens.next();
+                match token {
+                    Some(Token::Word(word)) => {
+                        words.push(word);
+                        continue;
+                    }
+                    separator => {
+                        if !words.is_empty() && run_next {
+                            match self.command(&std::mem::take(&mut words)).await {
+                                Flow::Status(code) => status = code,
+                                Flow::Exit(code) => return code,
+                            }
+                        }
+                        words.clear();
+                        run_next = match separator {
+                            Some(Token::And) => status == 0,
+                            Some(Token::Or) => status != 0,
+                            _ => true,
+                        };
+                        if separator.is_none() {
+                            return status;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    async fn command(&mut self, argv: &[String]) -> Flow {
+        let argv: Vec<String> = argv
+            .iter()
+            .skip_while(|word| is_assignment(word))
+            .cloned()
+            .collect();
+        let Some((name, args)) = argv.split_first() else {
+            return Flow::Status(0);
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let code = match name.as_str() {
+            "/bin/bash" | "bash" | "/bin/sh" | "sh" | "/usr/bin/bash" => match args.as_slice() {
+                ["-c", script, ..] => self.script(script).await,
+                _ => {
+                    self.stderr("bash: the fake shell runs only `bash -c <script>`\n")
+                        .await;
+                    2
+                }
+            },
+            "env" | "/usr/bin/env" => {
+                let rest: Vec<String> = args
+                    .iter()
+                    .skip_while(|a| a.starts_with('-') || is_assignment(a))
+                    .map(|a| (*a).to_owned())
+                    .collect();
+                return Box::pin(self.command(&rest)).await;
+            }
+            "/sbin/setuser" | "setuser" => {
+                let rest: Vec<String> = args.iter().skip(1).map(|a| (*a).to_owned()).collect();
+                return Box::pin(self.command(&rest)).await;
+            }
+            "unset" | "true" | ":" => 0,
+            "false" => 1,
+            "exit" => {
+                let code = args.first().map_or(Ok(0), |a| a.parse::<i64>());
+                return match code {
+                    Ok(code) => Flow::Exit((code & 0xff) as i32),
+                    Err(_) => {
+                        self.stderr(format!(
+                            "bash: exit: {}: numeric argument required\n",
+                            args[0]
+                        ))
+                        .await;
+                        Flow::Exit(2)
+                    }
+                };
+            }
+            "pwd" => {
+                self.stdout(format!("{WORKDIR}\n")).await;
+                0
+            }
+            "echo" => self.echo(&args).await,
+            "cat" => self.cat(&args).await,
+            "sleep" => self.sleep(&args).await,
+            "head" => self.head(&args).await,
+            "tar" => self.tar(&args).await,
+            "rm" => self.rm(&args).await,
+            "ls" => self.ls(&args).await,
+            "mkdir" => self.mkdir(&args).await,
+            "allocate-memory" => self.allocate_memory(&args).await,
+            other => {
+                self.stderr(format!("bash: line 1: {other}: command not found\n"))
+                    .await;
+                127
+            }
+        };
+        Flow::Status(code)
+    }
+
+    async fn echo(&mut self, args: &[&str]) -> i32 {
+        let mut newline = true;
+        let mut escapes = false;
+        let mut rest = args;
+        while let Some((first, tail)) = rest.split_first() {
+            let is_flag = first.len() > 1
+                && first.starts_with('-')
+                && first[1..].chars().all(|c| matches!(c, 'n' | 'e' | 'E'));
+            if !is_flag {
+                break;
+            }
+            newline &= !first.contains('n');
+            escapes = first.contains('e');
+            rest = tail;
+        }
+        let text = rest.join(" ");
+        let mut bytes = if escapes {
+            unescape(&text)
+        } else {
+            text.into_bytes()
+        };
+        if newline {
+            bytes.push(b'\n');
+        }
+        self.stdout(bytes).await;
+        0
+    }
+
+    async fn cat(&mut self, args: &[&str]) -> i32 {
+        let files: Vec<&str> = args.iter().copied().filter(|a| *a != "--").collect();
+        if files.is_empty() || files == ["-"] {
+            while let Some(chunk) = self.read_stdin().await {
+                self.stdout(chunk).await;
+            }
+            return 0;
+        }
+        let mut status = 0;
+        for file in files {
+            let content = self.with_fs(|fs, _| fs.read_file(file).map(<[u8]>::to_vec));
+            match content {
+                Some(Ok(content)) => self.stdout(content).await,
+                Some(Err(reason)) => {
+                    self.stderr(format!("cat: {file}: {reason}\n")).await;
+                    status = 1;
+                }
+                None => return 137,
+            }
+        }
+        status
+    }
+
+    async fn sleep(&mut self, args: &[&str]) -> i32 {
+        let seconds = args
+            .first()
+            .map(|a| a.trim_end_matches('s'))
+            .and_then(|a| a.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0);
+        match seconds {
+            Some(seconds) => {
+                tokio::time::sleep(Duration::from_secs_f64(seconds.min(1e9))).await;
+                0
+            }
+            None if args.first() == Some(&"infinity") => {
+                std::future::pending::<()>().await;
+                0
+            }
+            None => {
+                self.stderr(format!(
+                    "sleep: invalid time interval '{}'\n",
+                    args.first().unwrap_or(&"")
+                ))
+                .await;
+                1
+            }
+        }
+    }
+
+    async fn head(&mut self, args: &[&str]) -> i32 {
+        let (count, file) = match args {
+            ["-c", count, file] => (count.parse::<u64>().ok(), *file),
+            _ => (None, ""),
+        };
+        match (count, file) {
+            (Some(mut left), "/dev/zero") => {
+                const CHUNK: u64 = 64 * 1024;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    self.stdout(vec![0u8; n as usize]).await;
+                    left -= n;
+                }
+                0
+            }
+            _ => {
+                self.stderr("head: the fake supports only `head -c N /dev/zero`\n")
+                    .await;
+                1
+            }
+        }
+    }
+
+    async fn tar(&mut self, args: &[&str]) -> i32 {
+        let extract = args.iter().any(|a| {
+            *a == "--extract"
+                || *a == "-x"
+                || (!a.starts_with("--") && a.starts_with('-') && a.contains('x'))
+                || *a == "x"
+                || *a == "xf"
+                || *a == "xvf"
+        });
+        let verbose = args.iter().any(|a| {
+            *a == "--verbose" || (!a.starts_with("--") && a.starts_with('-') && a.contains('v'))
+        });
+        let from_stdin = args.iter().any(|a| {
+            *a == "--file=/dev/stdin" || *a == "--file=-" || *a == "-" || *a == "/dev/stdin"
+        });
+        if !extract || !from_stdin {
+            self.stderr("tar: the fake supports only extracting an archive from stdin\n")
+                .await;
+            return 2;
+        }
+        let mut archive = Vec::new();
+        while let Some(chunk) = self.read_stdin().await {
+            archive.extend_from_slice(&chunk);
+            if archive.len() > 2 * FILE_SIZE_MAX {
+                self.stderr("tar: archive too large for the fake\n").await;
+                return 2;
+            }
+        }
+        let entries = match read_tar(&archive) {
+            Ok(entries) => entries,
+            Err(message) => {
+                self.stderr(message).await;
+                return 2;
+            }
+        };
+        let mut listing = String::new();
+        let mut errors = String::new();
+        let done = self.with_fs(|fs, _| {
+            for entry in entries {
+                let result = if entry.is_dir {
+                    fs.make_dir(&entry.name, entry.mode, entry.mtime_s)
+                } else {
+                    fs.write_file(&entry.name, entry.content, entry.mode, entry.mtime_s)
+                };
+                listing.push_str(&entry.name);
+                listing.push('\n');
+                if let Err(reason) = result {
+                    errors.push_str(&format!("tar: {}: Cannot open: {reason}\n", entry.name));
+                }
+            }
+        });
+        if done.is_none() {
+            return 137;
+        }
+        if verbose {
+            self.stdout(listing).await;
+        }
+        if errors.is_empty() {
+            0
+        } else {
+            errors.push_str("tar: Exiting with failure status due to previous errors\n");
+            self.stderr(errors).await;
+            2
+        }
+    }
+
+    async fn rm(&mut self, args: &[&str]) -> i32 {
+        let mut recursive = false;
+        let mut force = false;
+        let mut paths = Vec::new();
+        for arg in args {
+            match *arg {
+                "--recursive" => recursive = true,
+                "--force" => force = true,
+                "--" => {}
+                flags if flags.starts_with('-') && flags.len() > 1 => {
+                    recursive |= flags.contains('r') || flags.contains('R');
+                    force |= flags.contains('f');
+                }
+                path => paths.push(path),
+            }
+        }
+        let mut errors = String::new();
+        let done = self.with_fs(|fs, _| {
+            for path in paths {
+                if let Err(message) = fs.remove(path, recursive, force) {
+                    errors.push_str(&message);
+                    errors.push('\n');
+                }
+            }
+        });
+        if done.is_none() {
+            return 137;
+        }
+        if errors.is_empty() {
+            0
+        } else {
+            self.stderr(errors).await;
+            1
+        }
+    }
+
+    async fn ls(&mut self, args: &[&str]) -> i32 {
+        let recursive = args.iter().any(|a| *a == "--recursive" || *a == "-R");
+        let paths: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        let path = paths.first().copied().unwrap_or(".");
+        match self.with_fs(|fs, _| fs.ls(path, recursive)) {
+            Some(Ok(listing)) => {
+                self.stdout(listing).await;
+                0
+            }
+            Some(Err(message)) => {
+                self.stderr(message).await;
+                2
+            }
+            None => 137,
+        }
+    }
+
+    async fn mkdir(&mut self, args: &[&str]) -> i32 {
+        let paths: Vec<&str> = args
+            .iter()
+            .copied()
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        let mut errors = String::new();
+        let done = self.with_fs(|fs, now_s| {
+            for path in paths {
+                if let Err(reason) = fs.make_dir(path, 0o755, now_s) {
+                    errors.push_str(&format!(
+                        "mkdir: cannot create directory '{path}': {reason}\n"
+                    ));
+                }
+            }
+        });
+        if done.is_none() {
+            return 137;
+        }
+        if errors.is_empty() {
+            0
+        } else {
+            self.stderr(errors).await;
+            1
+        }
+    }
+
+    async fn allocate_memory(&mut self, args: &[&str]) -> i32 {
+        let Some(mib) = args.first().and_then(|a| a.parse::<i64>().ok()) else {
+            self.stderr("allocate-memory: usage: allocate-memory <MiB>\n")
+                .await;
+            return 2;
+        };
+        if mib <= self.memory_limit_mb {
+            return 0;
+        }
+        // The container exceeds its limit: Docker's OOM killer takes the whole container, the
+        // allocation restarts, and this exec ends with the container (the exec loop sees the new
+        // incarnation).
+        let killed = self.nomad.lock().oom_kill(&self.alloc_id).is_ok();
+        if killed {
+            std::future::pending::<()>().await;
+        }
+        137
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Token, tokenize, unescape};
+
+    fn words(items: &[&str]) -> Vec<Token> {
+        items
+            .iter()
+            .map(|item| match *item {
+                ";" => Token::Then,
+                "&&" => Token::And,
+                "||" => Token::Or,
+                word => Token::Word(word.to_owned()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tokenizer_follows_bash_quoting() {
+        assert_eq!(
+            tokenize(r#"rm --recursive --force '/a b' ./* ;tar -x "q\"x\$" && echo ''"#)
+                .expect("valid"),
+            words(&[
+                "rm",
+                "--recursive",
+                "--force",
+                "/a b",
+                "./*",
+                ";",
+                "tar",
+                "-x",
+                "q\"x$",
+                "&&",
+                "echo",
+                ""
+            ])
+        );
+        assert!(tokenize("cat a | wc").is_err());
+        assert!(tokenize("echo 'open").is_err());
+    }
+
+    #[test]
+    fn echo_escapes() {
+        assert_eq!(unescape(r"a\nb\x41\\"), b"a\nbA\\".to_vec());
+    }
+}

@@ -1,0 +1,237 @@
+//! The exec WebSocket, `GET /v1/client/allocation/:id/exec` (`nomad-api.md` §7).
+//!
+//! As Nomad ≥ 2.0.3 does, the upgrade happens first and every refusal is a close frame (1008 with
+//! the reason texts of §7.5). A session forwards stdin frames to the process, sends its output in
+//! frames of at most 1024 bytes, then `stdout`/`stderr` close frames and the `exited` frame
+//! (`exit_code` omitted when 0), and closes the TCP connection without a close frame. The server
+//! sends no heartbeats. With `tty=true` stderr is merged into stdout, as Docker does.
+//!
+//! When the container dies under the exec (OOM kill, stop, loss), the session ends with exit code
+//! 137. When the client goes away, the process is dropped (real Docker would let it run on).
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::FakeNomad;
+use super::driver::{Output, Process};
+
+/// Raw bytes per output frame (the driver's read size, §7.4).
+const FRAME_BYTES_MAX: usize = 1024;
+/// Chunks queued between the websocket and the process, each way.
+const CHANNEL_BOUND: usize = 16;
+
+pub(super) async fn exec_handler(
+    State(nomad): State<FakeNomad>,
+    Path(alloc_id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade.on_upgrade(move |socket| session(nomad, alloc_id, params, socket))
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: String) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+async fn send_json(socket: &mut WebSocket, value: Value) -> bool {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .is_ok()
+}
+
+async fn send_output(socket: &mut WebSocket, output: Output, tty: bool) -> bool {
+    let (stream, bytes) = match output {
+        Output::Stdout(bytes) => ("stdout", bytes),
+        Output::Stderr(bytes) if tty => ("stdout", bytes),
+        Output::Stderr(bytes) => ("stderr", bytes),
+    };
+    for chunk in bytes.chunks(FRAME_BYTES_MAX) {
+        let frame = json!({ stream: { "data": BASE64.encode(chunk) } });
+        if !send_json(socket, frame).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// What a client frame asks for (§7.3).
+enum Input {
+    Stdin(Vec<u8>),
+    StdinClose,
+    Heartbeat,
+    Invalid,
+}
+
+fn parse_input(text: &str) -> Input {
+    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+        return Input::Invalid;
+    };
+    match frame.get("stdin") {
+        Some(stdin) => {
+            if stdin.get("close").and_then(Value::as_bool) == Some(true) {
+                return Input::StdinClose;
+            }
+            match stdin
+                .get("data")
+                .and_then(Value::as_str)
+                .map(|d| BASE64.decode(d))
+            {
+                Some(Ok(bytes)) => Input::Stdin(bytes),
+                Some(Err(_)) => Input::Invalid,
+                None => Input::Heartbeat,
+            }
+        }
+        // `tty_size`, `setup` and `{}` change nothing here.
+        None => Input::Heartbeat,
+    }
+}
+
+async fn session(
+    nomad: FakeNomad,
+    alloc_id: String,
+    params: Vec<(String, String)>,
+    mut socket: WebSocket,
+) {
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(task) = param("task").filter(|t| !t.is_empty()) else {
+        return close(socket, 1008, "must provide task name".into()).await;
+    };
+    let argv: Vec<String> = match param("command").map(|c| serde_json::from_str(&c)) {
+        Some(Ok(argv)) => argv,
+        Some(Err(error)) => {
+            return close(socket, 1008, format!("failed to parse command: {error}")).await;
+        }
+        None => Vec::new(),
+    };
+    if argv.is_empty() {
+        return close(socket, 1008, "command is not present".into()).await;
+    }
+    let tty = param("tty").is_some_and(|t| t == "true");
+    let target = nomad.lock().exec_target(&alloc_id, &task);
+    let target = match target {
+        Ok(target) => target,
+        Err((code, reason)) => return close(socket, code, reason).await,
+    };
+    let (delay, drop_before_exit) = {
+        let state = nomad.lock();
+        (state.faults.exec_delay, state.faults.exec_drop_before_exit)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_BOUND);
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(CHANNEL_BOUND);
+    let mut wake = nomad.shared.wake.subscribe();
+    let mut process = Process {
+        nomad: nomad.clone(),
+        alloc_id: alloc_id.clone(),
+        incarnation: target.incarnation,
+        memory_limit_mb: target.memory_limit_mb,
+        stdin: Some(stdin_rx),
+        out: out_tx,
+    };
+    let run = async move { process.run_argv(&argv).await };
+    tokio::pin!(run);
+
+    let mut stdin_tx = Some(stdin_tx);
+    let mut pending_stdin: Option<Vec<u8>> = None;
+    let mut exit_code: Option<i32> = None;
+    let mut output_open = true;
+    while exit_code.is_none() || output_open {
+        // An owned clone, so the select arm does not borrow `stdin_tx`; dropped every round.
+        let reserve_tx = stdin_tx.clone();
+        tokio::select! {
+            biased;
+            output = out_rx.recv(), if output_open => match output {
+                Some(output) => {
+                    if !send_output(&mut socket, output, tty).await {
+                        return;
+                    }
+                }
+                None => output_open = false,
+            },
+            code = &mut run, if exit_code.is_none() => exit_code = Some(code),
+            permit = async { reserve_tx?.reserve_owned().await.ok() }, if pending_stdin.is_some() => {
+                match permit {
+                    Some(permit) => {
+                        permit.send(pending_stdin.take().expect("guarded"));
+                    }
+                    None => {
+                        pending_stdin = None;
+                        stdin_tx = None;
+                    }
+                }
+            }
+            message = socket.recv(), if pending_stdin.is_none() => match message {
+                Some(Ok(Message::Text(text))) => match parse_input(text.as_str()) {
+                    Input::Stdin(bytes) => {
+                        if stdin_tx.is_some() && !bytes.is_empty() {
+                            pending_stdin = Some(bytes);
+                        }
+                    }
+                    Input::StdinClose => stdin_tx = None,
+                    Input::Heartbeat => {}
+                    Input::Invalid => return close(socket, 1011, "unexpected message type".into()).await,
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    // The client is gone: the session (and, unlike Docker, the process) ends.
+                    return;
+                }
+                Some(Ok(_)) => {}
+            },
+            changed = wake.changed() => {
+                let alive = changed.is_ok()
+                    && nomad
+                        .lock()
+                        .alloc(&alloc_id)
+                        .is_some_and(|alloc| alloc.incarnation == target.incarnation);
+                if !alive {
+                    // The container died under the exec: what it wrote before still arrives.
+                    while let Ok(output) = out_rx.try_recv() {
+                        if !send_output(&mut socket, output, tty).await {
+                            return;
+                        }
+                    }
+                    exit_code = Some(137);
+                    break;
+                }
+            }
+        }
+    }
+    if drop_before_exit {
+        // §10 row 21: the connection just closes.
+        return;
+    }
+    let code = exit_code.unwrap_or(137);
+    for frame in [
+        json!({ "stdout": { "close": true } }),
+        json!({ "stderr": { "close": true } }),
+        if code == 0 {
+            json!({ "exited": true, "result": {} })
+        } else {
+            json!({ "exited": true, "result": { "exit_code": code } })
+        },
+    ] {
+        if !send_json(&mut socket, frame).await {
+            return;
+        }
+    }
+    // Nomad closes the TCP connection without a close frame (§7.5): dropping the socket does.
+}

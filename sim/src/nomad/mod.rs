@@ -1,0 +1,288 @@
+//! The fake Nomad: one implementation of the HTTP API, event stream and exec WebSocket Trident's
+//! Nomad backend uses (`shared/reference/nomad-api.md`), served by axum over any listener — real
+//! TCP for integration tests and the dev server, turmoil in the simulation.
+//!
+//! Layout, one concept per module:
+//! - `state` — jobs, evaluations, allocations, the raft index, transactions, and the
+//!   timers that play scheduler and client agent;
+//! - `events` — the bounded frame buffer with Nomad's index and replay rules, and the NDJSON
+//!   stream;
+//! - `http` — the routes, token check and HTTP fault injection;
+//! - `exec` — the exec WebSocket (frames of §7);
+//! - `driver` — the scripted task driver: a small interpreter for the commands the backend sends;
+//! - `fs` — each allocation's in-memory file system, a ustar reader, GNU `ls` output;
+//! - `faults` — the [`Fault`] knobs.
+//!
+//! Determinism: time comes only from `tokio::time` (paused and advanced in tests and in the
+//! simulation), ids only from the seeded [`SplitMix64`] in [`FakeNomadConfig::seed`], every
+//! collection is ordered, and nothing spawns a thread. With the same seed and the same sequence of
+//! calls at the same tokio times, the event log ([`FakeNomad::event_log`]) is identical byte for
+//! byte.
+
+mod driver;
+mod events;
+mod exec;
+mod faults;
+pub mod fs;
+mod http;
+mod state;
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+pub use faults::{Fault, FaultError};
+
+/// Settings of one fake Nomad. Delays are tokio time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeNomadConfig {
+    /// Seed of every id the fake draws.
+    pub seed: u64,
+    /// Frames the event buffer keeps (Nomad's `event_buffer_size`, default 100).
+    pub event_buffer_size: usize,
+    /// `{}` heartbeat period on event streams (Nomad: 30 s).
+    pub heartbeat_interval: Duration,
+    /// From an evaluation's creation to the scheduler processing it.
+    pub schedule_delay: Duration,
+    /// From placement to the client's `pending` update (`Received`, `Task Setup`, `Driver`).
+    pub client_pickup_delay: Duration,
+    /// From placement to the task running.
+    pub task_start_delay: Duration,
+    /// From the server's stop decision to the client reporting `complete`.
+    pub client_stop_delay: Duration,
+    /// Delay of a restart within the restart policy (Poseidon's template: 15 s).
+    pub restart_delay: Duration,
+    /// When set, every request needs this `X-Nomad-Token` (or `Authorization: Bearer`).
+    pub acl_token: Option<String>,
+    /// The node's name in allocations.
+    pub node_name: String,
+    /// Unix seconds at tokio time zero (for `CreateTime`, `ModifyTime`, task event times).
+    pub epoch_unix_s: i64,
+}
+
+impl Default for FakeNomadConfig {
+    fn default() -> Self {
+        FakeNomadConfig {
+            seed: 0,
+            event_buffer_size: 100,
+            heartbeat_interval: Duration::from_secs(30),
+            schedule_delay: Duration::from_millis(10),
+            client_pickup_delay: Duration::from_millis(100),
+            task_start_delay: Duration::from_millis(300),
+            client_stop_delay: Duration::from_millis(100),
+            restart_delay: Duration::from_secs(15),
+            acl_token: None,
+            node_name: "fake-node-1".into(),
+            epoch_unix_s: 1_700_000_000,
+        }
+    }
+}
+
+/// SplitMix64: a tiny seedable generator, the fake's only source of randomness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    /// A generator starting at `seed`.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A version-4-shaped UUID, as Nomad's ids look.
+    pub fn uuid(&mut self) -> String {
+        let high = self.next_u64();
+        let low = self.next_u64();
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            high >> 32,
+            (high >> 16) & 0xffff,
+            high & 0x0fff,
+            ((low >> 48) & 0x3fff) | 0x8000,
+            low & 0xffff_ffff_ffff
+        )
+    }
+}
+
+struct Shared {
+    state: Mutex<state::State>,
+    /// Tokio time zero of this fake.
+    start: Instant,
+    wake: watch::Sender<u64>,
+    timer_wake: Arc<Notify>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Lets the timer task notice that its fake is gone.
+        self.timer_wake.notify_one();
+    }
+}
+
+/// A handle to one fake Nomad: cheap to clone, shared by the routes, the timer task and the test.
+#[derive(Clone)]
+pub struct FakeNomad {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FakeNomad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeNomad").finish_non_exhaustive()
+    }
+}
+
+impl FakeNomad {
+    /// A fresh cluster with one ready node. Must be called inside a tokio runtime: it spawns the
+    /// timer task that plays scheduler and client agent; that task ends when the last handle
+    /// (and every route holding one) is dropped.
+    pub fn new(config: FakeNomadConfig) -> Self {
+        let (wake, _) = watch::channel(0);
+        let timer_wake = Arc::new(Notify::new());
+        let state = state::State::new(config, wake.clone(), Arc::clone(&timer_wake));
+        let nomad = FakeNomad {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                // tokio's clock: paused and advanced by the simulation.
+                start: Instant::now(),
+                wake,
+                timer_wake: Arc::clone(&timer_wake),
+            }),
+        };
+        tokio::spawn(run_timers(Arc::downgrade(&nomad.shared), timer_wake));
+        nomad
+    }
+
+    /// Locks the state with its clock set to the current tokio time.
+    fn lock(&self) -> MutexGuard<'_, state::State> {
+        let mut state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.now = self.shared.start.elapsed();
+        state
+    }
+
+    /// The axum router serving the Nomad API.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.clone())
+    }
+
+    /// Serves the API on `listener` until the future is dropped.
+    pub async fn serve<L>(self, listener: L) -> std::io::Result<()>
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Injects a fault (see [`Fault`] for what each does).
+    pub fn inject(&self, fault: Fault) -> Result<(), FaultError> {
+        let mut state = self.lock();
+        match fault {
+            Fault::DisconnectEventStreams => state.stream_generation += 1,
+            Fault::StallEventStreams(on) => state.faults.stall_event_streams = on,
+            Fault::EvictEventBuffer { keep } => state.events.keep_newest(keep),
+            Fault::DuplicateAllocUpdates(on) => state.faults.duplicate_alloc_updates = on,
+            Fault::SkipPendingUpdate(on) => state.faults.skip_pending_update = on,
+            Fault::StaleAllocReplay(on) => state.faults.stale_alloc_replay = on,
+            Fault::LoseAllocation { alloc_id } => {
+                state.lose_allocation(&alloc_id)?;
+            }
+            Fault::ImagePullFailure(on) => state.faults.image_pull_failure = on,
+            Fault::OomKill { alloc_id } => state.oom_kill(&alloc_id)?,
+            Fault::PlacementFailure(on) => state.faults.placement_failure = on,
+            Fault::DeregisterWithoutAllocEvents(on) => {
+                state.faults.deregister_without_alloc_events = on;
+            }
+            Fault::HttpErrors { status, count } => {
+                if count > 0 && !(400..=599).contains(&status) {
+                    return Err(FaultError::NotAnErrorStatus(status));
+                }
+                state.faults.http_error_status = status;
+                state.faults.http_errors_left = count;
+            }
+            Fault::ExecDelay(delay) => state.faults.exec_delay = delay,
+            Fault::ExecDropBeforeExit(on) => state.faults.exec_drop_before_exit = on,
+        }
+        state.wake();
+        Ok(())
+    }
+
+    /// Turns every persistent fault off.
+    pub fn clear_faults(&self) {
+        let mut state = self.lock();
+        state.faults = faults::FaultState::default();
+        state.wake();
+    }
+
+    /// The current raft index.
+    pub fn index(&self) -> u64 {
+        self.lock().index()
+    }
+
+    /// Every buffered frame, unfiltered, as the NDJSON lines a `*` subscriber would receive.
+    pub fn event_log(&self) -> String {
+        self.lock().events.log()
+    }
+
+    /// Registers a job without HTTP (`body` as for `PUT /v1/jobs`): the `JobRegisterResponse`, or
+    /// Nomad's status and text.
+    pub fn register_job(
+        &self,
+        namespace: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, (u16, String)> {
+        self.lock()
+            .register(namespace, body)
+            .map_err(|error| (error.status, error.message))
+    }
+
+    /// Deregisters a job without HTTP: the `JobDeregisterResponse`.
+    pub fn deregister_job(&self, namespace: &str, id: &str, purge: bool) -> serde_json::Value {
+        self.lock().deregister(namespace, id, purge).0
+    }
+
+    /// The allocation stubs of a job (as `GET /v1/job/:id/allocations?all=true`).
+    pub fn job_allocations(&self, namespace: &str, id: &str) -> serde_json::Value {
+        self.lock().job_allocations(namespace, id, true).0
+    }
+}
+
+/// Plays scheduler and client agent: sleeps until the next timer is due and runs every due timer.
+async fn run_timers(shared: Weak<Shared>, timer_wake: Arc<Notify>) {
+    loop {
+        let deadline = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let nomad = FakeNomad { shared };
+            let mut state = nomad.lock();
+            state.run_due_timers();
+            state.next_timer_due().map(|due| nomad.shared.start + due)
+        };
+        match deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    biased;
+                    () = timer_wake.notified() => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+            None => timer_wake.notified().await,
+        }
+    }
+}
