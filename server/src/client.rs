@@ -86,6 +86,9 @@ pub struct RunArgs {
     /// Run as root inside the runner.
     #[arg(long)]
     pub privileged: bool,
+    /// Wait this many seconds for an idle runner when the pool is empty (e.g. still warming up).
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
     #[command(flatten)]
     pub connection: Connection,
     /// The command line, run by bash in the workspace.
@@ -226,16 +229,37 @@ async fn stats(connection: Connection) -> Result<(), String> {
     Ok(())
 }
 
+/// Claims a runner, waiting (bounded) while the pool is still warming up: right after `env put`
+/// the runners are being started and the server answers `NOMAD_OVERLOAD` at once.
+async fn claim(api: &Api, args: &RunArgs) -> Result<Value, String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.wait);
+    let mut told = false;
+    loop {
+        let body = json!({"executionEnvironmentId": args.environment, "inactivityTimeout": 300});
+        let (status, text) = api
+            .send(reqwest::Method::POST, "/runners", Some(body))
+            .await?;
+        if (200..300).contains(&status) {
+            return serde_json::from_str(&text).map_err(|error| error.to_string());
+        }
+        let overloaded = status == 500 && text.contains("NOMAD_OVERLOAD");
+        if !overloaded || tokio::time::Instant::now() >= deadline {
+            return Err(format!("POST /runners answered {status}: {text}"));
+        }
+        if !told {
+            eprintln!(
+                "trident: no idle runner yet, waiting up to {} s for the pool…",
+                args.wait
+            );
+            told = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 async fn execute(args: RunArgs) -> Result<u8, String> {
     let api = Api::new(&args.connection);
-    let claim = api
-        .expect(
-            reqwest::Method::POST,
-            "/runners",
-            Some(json!({"executionEnvironmentId": args.environment, "inactivityTimeout": 300})),
-        )
-        .await?;
-    let claim: Value = serde_json::from_str(&claim).map_err(|error| error.to_string())?;
+    let claim = claim(&api, &args).await?;
     let runner = claim["runnerId"]
         .as_str()
         .ok_or_else(|| format!("no runner id in {claim}"))?
