@@ -80,6 +80,20 @@ pub struct Cli {
     /// Largest request body accepted; larger ones get 413 [default: 67108864, 64 MiB].
     #[arg(long, env = "TRIDENT_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Nomad backend: the cluster's address [default: http://127.0.0.1:4646].
+    #[arg(long, env = "TRIDENT_NOMAD_ADDRESS", value_name = "URL")]
+    pub nomad_address: Option<String>,
+    /// Nomad backend: the ACL token sent as `X-Nomad-Token`.
+    #[arg(
+        long,
+        env = "TRIDENT_NOMAD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub nomad_token: Option<String>,
+    /// Nomad backend: the namespace of Trident's jobs [default: Nomad's `default`].
+    #[arg(long, env = "TRIDENT_NOMAD_NAMESPACE", value_name = "NAME")]
+    pub nomad_namespace: Option<String>,
 }
 
 /// The configuration file's shape; every key is optional.
@@ -93,6 +107,9 @@ pub struct FileConfig {
     depleting_threshold: Option<f64>,
     log_format: Option<LogFormat>,
     max_body_bytes: Option<usize>,
+    nomad_address: Option<String>,
+    nomad_token: Option<String>,
+    nomad_namespace: Option<String>,
     /// Local backend: image name → root file system directory (only in the file).
     images: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
@@ -114,6 +131,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Nomad backend: address, token, namespace.
+    pub nomad_address: String,
+    /// Nomad backend: the ACL token.
+    pub nomad_token: Option<String>,
+    /// Nomad backend: the namespace.
+    pub nomad_namespace: Option<String>,
     /// Local backend: image name → root file system directory; other images run on the host's
     /// root file system, read-only. Set in the configuration file's `[images]` table.
     pub images: std::collections::BTreeMap<String, PathBuf>,
@@ -186,6 +209,13 @@ impl Config {
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
             images: file.images.unwrap_or_default(),
+            nomad_address: cli
+                .nomad_address
+                .clone()
+                .or(file.nomad_address)
+                .unwrap_or_else(|| "http://127.0.0.1:4646".to_owned()),
+            nomad_token: cli.nomad_token.clone().or(file.nomad_token),
+            nomad_namespace: cli.nomad_namespace.clone().or(file.nomad_namespace),
         })
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
+use trident_backends::nomad::client::{NomadClient, NomadConfig};
+use trident_backends::nomad::executor::{NomadExecutor, NomadOptions};
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
 use trident_server::{ServerOptions, start};
@@ -119,7 +121,23 @@ async fn serve(config: Config) -> Result<(), String> {
             tracing::info!("every sandbox is destroyed");
             served
         }
-        BackendKind::Nomad => Err("the Nomad backend is not built yet; use --backend local".into()),
+        BackendKind::Nomad => {
+            let mut nomad = NomadConfig::new(config.nomad_address.clone());
+            nomad.token = config.nomad_token.clone();
+            nomad.namespace = config.nomad_namespace.clone();
+            // Retry jitter only: OS randomness is fine outside the simulation.
+            let entropy = || {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes).map_or(0, |()| u64::from_le_bytes(bytes))
+            };
+            let client = NomadClient::connect_tcp(&nomad, entropy)
+                .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
+            tracing::info!(address = %nomad.address, "Nomad backend ready");
+            let executor = Arc::new(NomadExecutor::new(client, NomadOptions::default()));
+            let server = start(executor, listener, options).map_err(|error| error.to_string())?;
+            // Nomad's runners outlive this process: a restarted server recovers them.
+            run_until_signal(server).await
+        }
     }
 }
 

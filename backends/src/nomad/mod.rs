@@ -2,9 +2,11 @@
 //! turns Nomad's event stream into runner observations, and the job JSON and claim ledger
 //! ([`jobs`]) — all three pure — and the I/O around them: the
 //! typed HTTP client ([`client`]) over a pluggable [`connector`], its retry policy ([`retry`]),
-//! and the event-stream task ([`events`]). The `Executor` comes with its issue.
+//! the event-stream task ([`events`]), the commands Trident runs in allocations and the `ls`
+//! parser ([`commands`], pure), the exec WebSocket client ([`exec`]), and the control plane of
+//! the backend as an `Executor` ([`executor`]; commands and files are not wired to exec yet).
 //!
-//! Architecture invariant: `model`, `tracker` and `jobs` do no I/O, have no async, read no clock, draw no
+//! Architecture invariant: `model`, `tracker`, `jobs` and `commands` do no I/O, have no async, read no clock, draw no
 //! randomness and iterate only ordered collections, so the simulation drives them unchanged.
 //!
 //! Architecture invariant: `client`, `events` and `retry` take time from `tokio::time` only and
@@ -12,8 +14,11 @@
 //! `connector::Connector`, so the simulation runs them over turmoil unchanged.
 
 pub mod client;
+pub mod commands;
 pub mod connector;
 pub mod events;
+pub mod exec;
+pub mod executor;
 pub mod jobs;
 pub mod model;
 pub mod retry;

@@ -1,0 +1,95 @@
+//! The production code path on a laptop: the real `trident` binary with `--backend nomad`,
+//! driving the fake Nomad of `trident-sim` over real TCP.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use trident_sim::nomad::{FakeNomad, FakeNomadConfig};
+use trident_tests::Server;
+
+/// Starts the fake Nomad on an ephemeral port; returns its handle and address.
+async fn fake_nomad() -> (FakeNomad, String) {
+    let nomad = FakeNomad::new(FakeNomadConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let address = format!("http://{}", listener.local_addr().expect("bound"));
+    let serving = nomad.clone();
+    tokio::spawn(async move { serving.serve(listener).await });
+    (nomad, address)
+}
+
+async fn nomad_get(address: &str, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("{address}{path}"))
+        .await
+        .expect("the fake answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("a body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nomad_backend_fills_pools_keeps_claims_in_the_ledger_and_purges_released_runners() {
+    let (_nomad, address) = fake_nomad().await;
+    let server = Server::start(&["--backend", "nomad", "--nomad-address", &address]).await;
+    server.environment(1, 2, 128).await;
+
+    let (status, template) = nomad_get(&address, "/v1/job/template-1").await;
+    assert_eq!(status, 200, "{template}");
+    assert_eq!(template["Type"], "batch");
+
+    let runner = server.claim(1, 60).await;
+    let uuid = runner.split_once('-').expect("<env>-<uuid>").1.to_owned();
+    // The claim is persisted in the environment's ledger, not in the runner's job.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, template) = nomad_get(&address, "/v1/job/template-1").await;
+        let groups = template["TaskGroups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let meta = groups
+            .iter()
+            .find(|group| group["Name"] == "config")
+            .map(|group| group["Meta"].clone())
+            .unwrap_or(Value::Null);
+        if meta[format!("claim.{uuid}")]
+            .as_str()
+            .is_some_and(|mark| mark.ends_with(":60"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the claim never reached the ledger: {meta}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, job) = nomad_get(&address, &format!("/v1/job/{runner}")).await;
+    assert_eq!(status, 200, "{job}");
+
+    let released = server
+        .client
+        .delete(server.url(&format!("/runners/{runner}")))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(released.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = nomad_get(&address, &format!("/v1/job/{runner}")).await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the released runner's job was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The pool refills through Nomad: two idle runners again.
+    server.environment_ready(1, 2).await;
+}
