@@ -219,26 +219,48 @@ pub trait IdSource: Send {
     fn next_uuid(&mut self) -> Uuid;
 }
 
-/// A reproducible [`IdSource`] for tests, simulations and benchmarks: SplitMix64 over a seed.
-/// Never use it where ids must be unguessable.
-#[derive(Clone, Debug)]
-pub struct SeededIds {
+/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, fast, seedable generator in which every seed
+/// gives a full-period sequence. It is the one seeded generator of the project: the seeded id
+/// source below, the Nomad client's retry jitter in tests, and the fake Nomad all draw from it.
+/// Never use it where values must be unguessable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitMix64 {
     state: u64,
 }
 
-impl SeededIds {
-    /// A source whose sequence is fixed by `seed`.
+impl SplitMix64 {
+    /// A generator whose sequence is fixed by `seed`.
     pub const fn new(seed: u64) -> Self {
         Self { state: seed }
     }
 
-    fn next_u64(&mut self) -> u64 {
-        // SplitMix64 (Steele, Lea, Flood 2014): tiny, and every seed gives a full-period sequence.
+    /// The next word of the sequence.
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+}
+
+/// A reproducible [`IdSource`] for tests, simulations and benchmarks: [`SplitMix64`] over a seed.
+/// Never use it where ids must be unguessable.
+#[derive(Clone, Debug)]
+pub struct SeededIds {
+    rng: SplitMix64,
+}
+
+impl SeededIds {
+    /// A source whose sequence is fixed by `seed`.
+    pub const fn new(seed: u64) -> Self {
+        Self {
+            rng: SplitMix64::new(seed),
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.rng.next_u64()
     }
 }
 

@@ -58,7 +58,9 @@ mod manager;
 mod spec;
 mod time;
 
-pub use ids::{EnvironmentId, ExecutionId, IdError, IdSource, Lease, RunnerId, SeededIds, Uuid};
+pub use ids::{
+    EnvironmentId, ExecutionId, IdError, IdSource, Lease, RunnerId, SeededIds, SplitMix64, Uuid,
+};
 pub use io::{
     ClaimError, ClaimMark, Claimed, DownCause, Effect, EnvironmentStats, Event, Input, Inventory,
     InventoryRunner, InventoryStatus, LeaseEndCause, PutError, PutOutcome, Reply, RunnerError,

@@ -23,27 +23,13 @@ impl<F: FnMut() -> u64 + Send + 'static> Entropy for F {
     }
 }
 
-/// SplitMix64: a tiny, fast, seedable generator. Good enough for jitter, which only has to
+/// The project's seeded generator, for jitter in tests and in the simulation: jitter only has to
 /// spread clients apart, not resist an adversary.
-#[derive(Clone, Debug)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    /// A generator whose sequence is fixed by `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-}
+pub use trident_core::SplitMix64;
 
 impl Entropy for SplitMix64 {
     fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        SplitMix64::next_u64(self)
     }
 }
 
