@@ -502,14 +502,20 @@ pub async fn interrupt_ends_a_sleep<F: ContractFixture>(fixture: &F) {
     let started = tokio::time::Instant::now();
     let mut out = Output::default();
     let mut interrupts = 0;
+    let mut next_interrupt = started;
     loop {
         assert!(
             started.elapsed() < STOP_TIMEOUT,
             "the sleep did not end within {STOP_TIMEOUT:?} of {interrupts} interrupts: {out:?}"
         );
-        execution.interrupt();
-        interrupts += 1;
-        match tokio::time::timeout(Duration::from_millis(500), execution.next_event()).await {
+        // At most one interrupt per half second: the terminal echoes each (`^\`), and answering
+        // every echo with another interrupt would only flood the terminal.
+        if tokio::time::Instant::now() >= next_interrupt {
+            execution.interrupt();
+            interrupts += 1;
+            next_interrupt = tokio::time::Instant::now() + Duration::from_millis(500);
+        }
+        match tokio::time::timeout_at(next_interrupt, execution.next_event()).await {
             Ok(Some(ExecutionEvent::Stdout(bytes))) => out.stdout.extend_from_slice(&bytes),
             Ok(Some(ExecutionEvent::Stderr(bytes))) => out.stderr.extend_from_slice(&bytes),
             Ok(Some(ExecutionEvent::Exited(code))) => out.exit = Some(code),
