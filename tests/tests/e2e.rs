@@ -864,3 +864,68 @@ async fn the_command_line_client_runs_a_python_file_end_to_end() {
         .expect("JSON");
     assert_eq!(stats["7"]["usedRunners"], 0, "{stats}");
 }
+
+/// Copies `binary` and the libraries `ldd` names into `root`, at the same paths.
+fn install_with_libraries(root: &std::path::Path, binary: &str) {
+    let mut files = vec![binary.to_owned()];
+    let ldd = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("ldd runs");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|rest| rest.split_whitespace().next())
+            .filter(|path| path.starts_with('/'));
+        if let Some(path) = path {
+            files.push(path.to_owned());
+        }
+    }
+    for file in files {
+        let real = std::fs::canonicalize(&file).expect("a real path");
+        let target = root.join(file.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().expect("a parent")).expect("mkdir");
+        std::fs::copy(&real, &target).expect("copy into the root file system");
+    }
+}
+
+#[tokio::test]
+async fn an_image_mapped_to_a_root_file_system_runs_on_it() {
+    let rootfs = tempfile::tempdir().expect("a root file system directory");
+    install_with_libraries(rootfs.path(), "/bin/bash");
+    // A file only this root file system has.
+    std::fs::create_dir_all(rootfs.path().join("etc")).expect("mkdir etc");
+    std::fs::write(rootfs.path().join("etc/image-name"), "tiny").expect("write the marker");
+    let config_dir = tempfile::tempdir().expect("a config directory");
+    let config = config_dir.path().join("trident.toml");
+    std::fs::write(
+        &config,
+        format!("[images]\n\"tiny\" = \"{}\"\n", rootfs.path().display()),
+    )
+    .expect("write the config");
+    let config = config.display().to_string();
+    let server = Server::start(&["--config", &config]).await;
+    let response = server
+        .client
+        .put(server.url("/execution-environments/3"))
+        .json(
+            &json!({"prewarmingPoolSize": 1, "cpuLimit": 100, "memoryLimit": 128,
+            "image": "tiny", "networkAccess": false, "exposedPorts": null}),
+        )
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(response.status(), 201);
+    server.environment_ready(3, 1).await;
+    let runner = server.claim(3, 0).await;
+    // bash's builtins only: the tiny root has no other program.
+    let run = server
+        .run(
+            &runner,
+            json!({"command": "read -r name < /etc/image-name; echo -n \"$name\"; [ -e /usr/bin/python3 ] && echo -n ' host'"}),
+            None,
+        )
+        .await;
+    assert_eq!(run.text("stdout"), "tiny", "{run:?}");
+}
