@@ -22,7 +22,7 @@ use trident_backends::nomad::client::{AllocationQuery, NomadClient, NomadConfig,
 use trident_backends::nomad::connector::{MaybeTls, TcpConnector, TlsSettings};
 use trident_backends::nomad::events::{EventStream, EventStreamConfig, Resync, StreamItem};
 use trident_backends::nomad::model::{ClientStatus, EvaluationStatus, JobStatus};
-use trident_backends::nomad::retry::{Backoff, Entropy, RetryPolicy, SplitMix64};
+use trident_backends::nomad::retry::{Backoff, RetryPolicy, SplitMix64};
 
 const SEED: u64 = 0x5EED;
 

@@ -7,6 +7,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
 use trident_backends::nomad::client::{NomadClient, NomadConfig};
+use trident_backends::nomad::exec::{ExecClient, ExecConfig};
 use trident_backends::nomad::executor::{NomadExecutor, NomadOptions};
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
@@ -132,8 +133,17 @@ async fn serve(config: Config) -> Result<(), String> {
             };
             let client = NomadClient::connect_tcp(&nomad, entropy)
                 .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
+            let exec = ExecClient::connect_tcp(&nomad, ExecConfig::default(), entropy)
+                .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
             tracing::info!(address = %nomad.address, "Nomad backend ready");
-            let executor = Arc::new(NomadExecutor::new(client, NomadOptions::default()));
+            let nomad_options = NomadOptions {
+                // Modification times of copied files; outside the simulation.
+                unix_time_at_start_s: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs()),
+                ..NomadOptions::default()
+            };
+            let executor = Arc::new(NomadExecutor::new(client, exec, nomad_options));
             let server = start(executor, listener, options).map_err(|error| error.to_string())?;
             // Nomad's runners outlive this process: a restarted server recovers them.
             run_until_signal(server).await

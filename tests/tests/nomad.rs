@@ -93,3 +93,62 @@ async fn the_nomad_backend_fills_pools_keeps_claims_in_the_ledger_and_purges_rel
     // The pool refills through Nomad: two idle runners again.
     server.environment_ready(1, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_executions_go_through_nomad_exec() {
+    let (_nomad, address) = fake_nomad().await;
+    let server = Server::start(&["--backend", "nomad", "--nomad-address", &address]).await;
+    server.environment(1, 1, 128).await;
+    let runner = server.claim(1, 60).await;
+
+    assert_eq!(
+        server.copy(&runner, "dir/hello.txt", b"Hello Nomad").await,
+        204
+    );
+    let run = server
+        .run(
+            &runner,
+            serde_json::json!({"command": "cat dir/hello.txt; cat missing.txt; exit 4"}),
+            None,
+        )
+        .await;
+    assert_eq!(run.text("stdout"), "Hello Nomad", "{run:?}");
+    assert_eq!(
+        run.text("stderr"),
+        "cat: missing.txt: No such file or directory\n",
+        "{run:?}"
+    );
+    assert_eq!(run.last_control()["type"], "exit", "{run:?}");
+    assert_eq!(run.last_control()["data"], 4, "{run:?}");
+
+    let files = server.url(&format!("/runners/{runner}/files?path=./&recursive=true"));
+    let listing: Value = server
+        .client
+        .get(&files)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("JSON");
+    let names: Vec<&str> = listing["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("files in {listing}"))
+        .iter()
+        .filter_map(|entry| entry["name"].as_str())
+        .collect();
+    assert_eq!(names, ["./dir", "./dir/hello.txt"], "{listing}");
+
+    let raw = server.url(&format!("/runners/{runner}/files/raw?path=dir/hello.txt"));
+    let download = server.client.get(&raw).send().await.expect("download");
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.headers()["content-length"], "11");
+    assert_eq!(
+        download.bytes().await.expect("body").as_ref(),
+        b"Hello Nomad"
+    );
+    let missing = server.url(&format!("/runners/{runner}/files/raw?path=missing.txt"));
+    let missing = server.client.get(&missing).send().await.expect("download");
+    assert_eq!(missing.status(), 424);
+    assert_eq!(server.copy(&runner, "../escape.txt", b"x").await, 400);
+}

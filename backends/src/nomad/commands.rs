@@ -123,6 +123,10 @@ pub enum CommandError {
     /// A file is larger than a tar header can describe (8 GiB).
     #[error("file {0:?} is too large for the archive")]
     TooLarge(String),
+    /// A path climbs out of where it starts with `..` (above the working directory for a
+    /// relative path, above `/` for an absolute one).
+    #[error("path {0:?} escapes the workspace")]
+    Escape(String),
 }
 
 /// Where an execution's stderr fifo lives.
@@ -246,6 +250,9 @@ pub fn update_files_argv(delete: &[String]) -> Result<Vec<String>, CommandError>
     Ok(argv)
 }
 
+/// The options every listing starts with.
+const LS_OPTIONS: [&str; 5] = ["ls", "-l", "--time-style=+%s", "-1", "--literal"];
+
 /// The argv of a listing: `ls -l --time-style=+%s -1 --literal [--recursive] -- <path>`, as the
 /// user unless `privileged`. Its stdout goes to [`LsParser`].
 pub fn list_files_argv(
@@ -255,11 +262,7 @@ pub fn list_files_argv(
 ) -> Result<Vec<String>, CommandError> {
     reject_nul("the path", path)?;
     let mut argv = user_prefix(privileged);
-    argv.extend(
-        ["ls", "-l", "--time-style=+%s", "-1", "--literal"]
-            .into_iter()
-            .map(str::to_owned),
-    );
+    argv.extend(LS_OPTIONS.into_iter().map(str::to_owned));
     if recursive {
         argv.push("--recursive".to_owned());
     }
@@ -274,6 +277,42 @@ pub fn download_argv(path: &str, privileged: bool) -> Result<Vec<String>, Comman
     let mut argv = user_prefix(privileged);
     argv.extend(["cat", "--", path].into_iter().map(str::to_owned));
     Ok(argv)
+}
+
+/// The argv of a file's own header, for a download's size: `ls -l --time-style=+%s -1
+/// --literal --directory --dereference -- <path>`, as the user unless `privileged`. Its one line
+/// goes to [`parse_ls`]: a directory shows as one `d` entry (not its children) and a symlink as
+/// the file it points to.
+pub fn file_header_argv(path: &str, privileged: bool) -> Result<Vec<String>, CommandError> {
+    reject_nul("the path", path)?;
+    let mut argv = user_prefix(privileged);
+    argv.extend(
+        LS_OPTIONS
+            .into_iter()
+            .chain(["--directory", "--dereference", "--", path])
+            .map(str::to_owned),
+    );
+    Ok(argv)
+}
+
+/// Checks a client path of a file operation: no NUL byte, and no `..` that climbs above where
+/// the path starts (the working directory for a relative path, `/` for an absolute one). Any
+/// other absolute path is allowed: inside an allocation the whole container is the runner's.
+pub fn check_path(path: &str) -> Result<(), CommandError> {
+    reject_nul("a path", path)?;
+    let mut depth = 0usize;
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| CommandError::Escape(path.to_owned()))?;
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
 }
 
 fn user_prefix(privileged: bool) -> Vec<String> {
@@ -565,6 +604,291 @@ pub fn display_argv(argv: &[String]) -> String {
         let _ = write!(text, "'{}'", arg.replace('\'', r"'\''"));
     }
     text
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding: the inverses of the builders above.
+//
+// A stand-in for Nomad (the fake in `trident-sim`, fuzz targets) has no bash to run the wrapper
+// scripts with; it recognises them *structurally* instead: each decoder accepts exactly the argv
+// shapes its builder produces (the fixed scripts compared byte for byte, the caller's strings
+// taken from their own elements) and answers `None` for anything else. `decode(build(x)) == x`
+// for every valid `x` (tests below).
+
+/// An interactive execution, recovered from the argv of [`interactive_argv`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedExecution {
+    /// The request: command, variables in order, privilege.
+    pub request: ExecutionRequest,
+    /// The fifo its stderr goes to, if separated.
+    pub fifo: Option<StderrFifo>,
+}
+
+/// A listing, recovered from the argv of [`list_files_argv`] or [`file_header_argv`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedListing {
+    /// The path as given.
+    pub path: String,
+    /// `--recursive`.
+    pub recursive: bool,
+    /// `--directory --dereference`: the path's own header ([`file_header_argv`]).
+    pub header_only: bool,
+    /// Run as root (no `setuser`).
+    pub privileged: bool,
+}
+
+/// A download, recovered from the argv of [`download_argv`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedDownload {
+    /// The path as given.
+    pub path: String,
+    /// Run as root (no `setuser`).
+    pub privileged: bool,
+}
+
+/// `argv` without its leading `[SHELL, "-c", script, SCRIPT_NAME]`, if it starts so.
+fn strip_script<'a>(argv: &'a [String], script: &str) -> Option<&'a [String]> {
+    match argv {
+        [shell, dash_c, text, name, rest @ ..]
+            if shell == SHELL && dash_c == "-c" && text == script && name == SCRIPT_NAME =>
+        {
+            Some(rest)
+        }
+        _ => None,
+    }
+}
+
+/// `argv` without its `setuser` prefix, and whether it had none (privileged).
+fn strip_user_prefix(argv: &[String]) -> (bool, &[String]) {
+    match argv {
+        [setuser, user, rest @ ..] if setuser == SETUSER[0] && user == SETUSER[1] => (false, rest),
+        _ => (true, argv),
+    }
+}
+
+/// The inverse of [`interactive_argv`].
+pub fn decode_interactive(argv: &[String]) -> Option<DecodedExecution> {
+    let rest = strip_script(argv, &with_wait_ticks(MAIN_SCRIPT, STDERR_MAIN_WAIT_S))?;
+    let (fifo_path, rest) = rest.split_first()?;
+    let (privileged, rest) = strip_user_prefix(rest);
+    let rest = strip_script(rest, ENV_SCRIPT)?;
+    let (count_text, rest) = rest.split_first()?;
+    let count: usize = count_text.parse().ok()?;
+    if count.to_string() != *count_text || rest.len() != count.checked_add(1)? {
+        return None;
+    }
+    let (assignments, command) = rest.split_at(count);
+    let environment = assignments
+        .iter()
+        .map(|word| {
+            let (name, value) = word.split_once('=')?;
+            is_shell_name(name).then(|| (name.to_owned(), value.to_owned()))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(DecodedExecution {
+        request: ExecutionRequest {
+            command: command[0].clone(),
+            environment,
+            privileged,
+        },
+        fifo: (!fifo_path.is_empty()).then(|| StderrFifo::at(fifo_path.clone())),
+    })
+}
+
+/// The inverse of [`stderr_reader_argv`]: the fifo it reads.
+pub fn decode_stderr_reader(argv: &[String]) -> Option<StderrFifo> {
+    match strip_script(argv, &with_wait_ticks(READER_SCRIPT, STDERR_READER_WAIT_S))? {
+        [path] => Some(StderrFifo::at(path.clone())),
+        _ => None,
+    }
+}
+
+/// The inverse of [`update_files_argv`]: the paths to delete, as the builder passed them
+/// (cleaned; `./*` and `.` mean the working directory's contents).
+pub fn decode_update_files(argv: &[String]) -> Option<Vec<String>> {
+    strip_script(argv, UPDATE_SCRIPT).map(<[String]>::to_vec)
+}
+
+/// The inverse of [`list_files_argv`] and [`file_header_argv`].
+pub fn decode_list(argv: &[String]) -> Option<DecodedListing> {
+    let (privileged, rest) = strip_user_prefix(argv);
+    if rest.len() < LS_OPTIONS.len() || rest[..LS_OPTIONS.len()] != LS_OPTIONS {
+        return None;
+    }
+    let (recursive, header_only, path) = match &rest[LS_OPTIONS.len()..] {
+        [dashes, path] if dashes == "--" => (false, false, path),
+        [flag, dashes, path] if flag == "--recursive" && dashes == "--" => (true, false, path),
+        [directory, dereference, dashes, path]
+            if directory == "--directory" && dereference == "--dereference" && dashes == "--" =>
+        {
+            (false, true, path)
+        }
+        _ => return None,
+    };
+    Some(DecodedListing {
+        path: path.clone(),
+        recursive,
+        header_only,
+        privileged,
+    })
+}
+
+/// The inverse of [`download_argv`].
+pub fn decode_download(argv: &[String]) -> Option<DecodedDownload> {
+    let (privileged, rest) = strip_user_prefix(argv);
+    match rest {
+        [cat, dashes, path] if cat == "cat" && dashes == "--" => Some(DecodedDownload {
+            path: path.clone(),
+            privileged,
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                prop::sample::select(vec!['=', '\'', '"', '$', '\n', ' ', '/', '.', '-', '*']),
+                any::<char>().prop_filter("no NUL", |c| *c != '\0'),
+            ],
+            0..24,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[A-Za-z_][A-Za-z0-9_]{0,8}"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn interactive_round_trips(
+            command in text(),
+            environment in prop::collection::vec((name(), text()), 0..4),
+            privileged in any::<bool>(),
+            fifo in prop::option::of(1u64..),
+        ) {
+            let request = ExecutionRequest { command, environment, privileged };
+            let fifo = fifo.map(StderrFifo::for_execution);
+            let argv = interactive_argv(&request, fifo.as_ref()).expect("valid");
+            prop_assert_eq!(
+                decode_interactive(&argv),
+                Some(DecodedExecution { request, fifo: fifo.clone() })
+            );
+            prop_assert_eq!(decode_stderr_reader(&argv), None);
+            prop_assert_eq!(decode_update_files(&argv), None);
+            prop_assert_eq!(decode_list(&argv), None);
+            prop_assert_eq!(decode_download(&argv), None);
+            if let Some(fifo) = fifo {
+                let reader = stderr_reader_argv(&fifo);
+                prop_assert_eq!(decode_stderr_reader(&reader), Some(fifo));
+                prop_assert_eq!(decode_interactive(&reader), None);
+            }
+        }
+
+        #[test]
+        fn file_commands_round_trip(
+            path in text(),
+            paths in prop::collection::vec(text().prop_filter("not empty", |p| !p.is_empty()), 0..4),
+            recursive in any::<bool>(),
+            privileged in any::<bool>(),
+        ) {
+            let update = update_files_argv(&paths).expect("valid");
+            let cleaned: Vec<String> = paths
+                .iter()
+                .map(|p| if p == "./*" { p.clone() } else { clean_path(p) })
+                .collect();
+            prop_assert_eq!(decode_update_files(&update), Some(cleaned));
+            prop_assert_eq!(decode_interactive(&update), None);
+            let list = list_files_argv(&path, recursive, privileged).expect("valid");
+            prop_assert_eq!(
+                decode_list(&list),
+                Some(DecodedListing { path: path.clone(), recursive, header_only: false, privileged })
+            );
+            let header = file_header_argv(&path, privileged).expect("valid");
+            prop_assert_eq!(
+                decode_list(&header),
+                Some(DecodedListing {
+                    path: path.clone(),
+                    recursive: false,
+                    header_only: true,
+                    privileged,
+                })
+            );
+            let download = download_argv(&path, privileged).expect("valid");
+            prop_assert_eq!(
+                decode_download(&download),
+                Some(DecodedDownload { path, privileged })
+            );
+            prop_assert_eq!(decode_list(&download), None);
+        }
+    }
+
+    #[test]
+    fn foreign_shapes_are_not_decoded() {
+        let argv = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            decode_interactive(&argv(&["/bin/bash", "-c", "echo hi"])),
+            None
+        );
+        assert_eq!(decode_download(&argv(&["cat", "x"])), None);
+        assert_eq!(decode_list(&argv(&["ls", "-l", "x"])), None);
+        // A count that disagrees with the words that follow.
+        let mut main = interactive_argv(
+            &ExecutionRequest {
+                command: "true".into(),
+                environment: vec![("A".into(), "1".into())],
+                privileged: true,
+            },
+            None,
+        )
+        .expect("valid");
+        let count = main.len() - 3;
+        main[count] = "2".into();
+        assert_eq!(decode_interactive(&main), None);
+        main[count] = "01".into();
+        assert_eq!(decode_interactive(&main), None);
+    }
+
+    #[test]
+    fn escaping_paths_are_refused_and_others_pass() {
+        for path in [
+            "../x",
+            "a/../../x",
+            "/../x",
+            "/workspace/../../x",
+            "../",
+            "..",
+        ] {
+            assert_eq!(
+                check_path(path),
+                Err(CommandError::Escape(path.to_owned())),
+                "{path}"
+            );
+        }
+        for path in [
+            "x",
+            "./",
+            "./*",
+            "a/../b",
+            "/tmp/x",
+            "/workspace/../etc",
+            "/",
+        ] {
+            assert_eq!(check_path(path), Ok(()), "{path}");
+        }
+        assert!(matches!(
+            check_path("a\0b"),
+            Err(CommandError::NulByte { .. })
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -471,14 +471,17 @@ impl StreamItem {
 
 /// A line exceeded the bound; it is being (or was) discarded.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct LineTooLong;
+pub struct LineTooLong;
 
 /// Splits a byte stream into lines, whatever the chunk boundaries, with a bound on line length.
 ///
 /// Memory stays below `bytes_max` plus one chunk: an over-long line is reported once and its
 /// bytes dropped as they arrive, up to its newline.
+///
+/// Public for the `event_stream` fuzz target (`fuzz/`), which feeds it arbitrary bytes in
+/// arbitrary chunks; the event-stream task is its only other user.
 #[derive(Debug)]
-pub(crate) struct LineSplitter {
+pub struct LineSplitter {
     buffer: BytesMut,
     /// Bytes at the start of `buffer` known to hold no newline.
     scanned: usize,
@@ -488,7 +491,8 @@ pub(crate) struct LineSplitter {
 }
 
 impl LineSplitter {
-    pub(crate) fn new(bytes_max: usize) -> Self {
+    /// A splitter that refuses lines longer than `bytes_max` bytes.
+    pub fn new(bytes_max: usize) -> Self {
         LineSplitter {
             buffer: BytesMut::new(),
             scanned: 0,
@@ -497,13 +501,14 @@ impl LineSplitter {
         }
     }
 
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
+    /// Appends the next chunk of the stream.
+    pub fn push(&mut self, chunk: &[u8]) {
         self.buffer.extend_from_slice(chunk);
     }
 
     /// The next complete, non-blank line without its `\n` (or `\r\n`); `Ok(None)` when more bytes
     /// are needed.
-    pub(crate) fn next_line(&mut self) -> Result<Option<Bytes>, LineTooLong> {
+    pub fn next_line(&mut self) -> Result<Option<Bytes>, LineTooLong> {
         loop {
             let Some(offset) = self.buffer[self.scanned..]
                 .iter()

@@ -57,9 +57,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::client::{NomadConfig, encode};
 use super::commands::INTERRUPT_BYTE;
-use super::connector::Connector;
-#[cfg(doc)]
-use super::connector::MaybeTls;
+use super::connector::{Connector, MaybeTls, TcpConnector};
 use super::model::{Allocation, ClientStatus};
 use super::retry::Entropy;
 use crate::executor::{ExecutionEvent, RunningExecution};
@@ -220,6 +218,29 @@ impl<C: Connector> fmt::Debug for ExecClient<C> {
     }
 }
 
+impl ExecClient<MaybeTls<TcpConnector>> {
+    /// The production client: tokio TCP, with TLS when the address is `https` (the same choice
+    /// as [`super::client::NomadClient::connect_tcp`]).
+    pub fn connect_tcp(
+        nomad: &NomadConfig,
+        config: ExecConfig,
+        entropy: impl Entropy,
+    ) -> Result<Self, ExecError> {
+        let https = nomad.address.starts_with("https://");
+        let connector = match (&nomad.tls, https) {
+            (Some(settings), true) => MaybeTls::tls(TcpConnector, settings)
+                .map_err(|error| ExecError::Config(error.to_string()))?,
+            (None, true) => {
+                return Err(ExecError::Config(
+                    "an https address needs TLS settings (at least a CA file)".into(),
+                ));
+            }
+            (_, false) => MaybeTls::plain(TcpConnector),
+        };
+        ExecClient::new(nomad, connector, config, entropy)
+    }
+}
+
 impl<C: Connector> ExecClient<C> {
     /// A client for the Nomad at `nomad.address`, over `connector` (pass the same
     /// [`MaybeTls`] the HTTP client uses), drawing handshake nonces from `entropy`.
@@ -273,6 +294,14 @@ impl<C: Connector> ExecClient<C> {
             config,
             entropy: Arc::new(Mutex::new(entropy)),
         })
+    }
+
+    /// 64 bits from the client's entropy (fifo nonces of executions).
+    pub fn draw_u64(&self) -> u64 {
+        self.entropy
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .next_u64()
     }
 
     /// The request path and query of an exec (§7.2).

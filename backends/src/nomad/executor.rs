@@ -10,22 +10,41 @@
 //!   and written by re-registering the template; the inventory reads one job list plus one
 //!   template per environment.
 //!
-//! Commands and file operations inside allocations (the exec WebSocket) are not wired yet: the
-//! data-plane methods answer with an error that says so.
+//!
+//! The data plane runs everything through the exec WebSocket ([`super::exec`]) in the runner's
+//! running allocation (found with [`choose_allocation`] on the job's allocations, never the
+//! first one blindly), with the argv of [`super::commands`]:
+//! - `execute`: the stderr reader (non-tty) is opened first, then the command (tty), joined into
+//!   one [`SplitExecution`];
+//! - `update_files`: one non-tty exec as root, the tar archive on stdin, then stdin closed; a
+//!   non-zero exit is `file copy failed: …` with tar's output (Poseidon §4.5);
+//! - `list_files`: `ls` parsed by [`parse_ls`]; a failure with nothing listed is `FileNotFound`;
+//! - `download_file`: the file's own `ls` header gives its size (a non-regular file is
+//!   `FileNotFound`), then `cat` streams it through a bounded queue into the reader.
+//!
+//! A runner without a running allocation is `RunnerNotFound`; paths that climb out of the
+//! working directory with `..` are `BadRequest` ([`commands::check_path`]).
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use trident_core::{
     EnvironmentId, EnvironmentSpec, Inventory, InventoryRunner, InventoryStatus, RunnerId,
     RunnerMark, Timestamp, Uuid,
 };
 
 use super::client::{AllocationQuery, NomadClient, NomadError};
+use super::commands::{self, CommandError, LsParser, StderrFifo};
 use super::connector::Connector;
 use super::events::{EventStream, EventStreamConfig, StreamItem};
+use super::exec::{ExecClient, ExecError, ExecSession, SplitExecution, choose_allocation};
 use super::jobs::{self, JobSettings};
 use super::model::EvaluationStatus;
 use super::tracker::AllocationTracker;
@@ -40,6 +59,10 @@ const OBSERVATION_QUEUE: usize = 4_096;
 const EVALUATION_POLL: Duration = Duration::from_millis(100);
 /// Pause before re-seeding after a failed allocation list.
 const SEED_RETRY: Duration = Duration::from_secs(1);
+/// Most bytes kept of a file command's stdout or stderr for an error message.
+const MESSAGE_BYTES_MAX: usize = 16 << 10;
+/// Chunks of a download between its exec session and its reader.
+const DOWNLOAD_QUEUE: usize = 16;
 
 /// Settings of the Nomad executor beyond the HTTP client's.
 #[derive(Clone, Debug)]
@@ -50,6 +73,10 @@ pub struct NomadOptions {
     pub evaluation_timeout: Duration,
     /// The event stream's settings (its start index is set by the executor).
     pub events: EventStreamConfig,
+    /// Unix seconds when the executor is created: the modification time of copied files is this
+    /// plus the tokio time elapsed since (0 where no wall clock may be read, as in the
+    /// simulation).
+    pub unix_time_at_start_s: u64,
 }
 
 impl Default for NomadOptions {
@@ -58,6 +85,7 @@ impl Default for NomadOptions {
             jobs: JobSettings::default(),
             evaluation_timeout: Duration::from_secs(10),
             events: EventStreamConfig::default(),
+            unix_time_at_start_s: 0,
         }
     }
 }
@@ -71,6 +99,9 @@ struct EnvironmentState {
 /// The Nomad backend's executor. See the module documentation.
 pub struct NomadExecutor<C: Connector> {
     client: NomadClient<C>,
+    exec: ExecClient<C>,
+    /// When the executor was created, on tokio's clock (see [`NomadOptions::unix_time_at_start_s`]).
+    created: tokio::time::Instant,
     options: NomadOptions,
     /// Registered environments and their claim ledgers. An async mutex: a ledger write holds it
     /// across the template's re-registration, which serialises writers of one ledger.
@@ -93,8 +124,9 @@ impl<C: Connector> Drop for NomadExecutor<C> {
 }
 
 impl<C: Connector> NomadExecutor<C> {
-    /// An executor on `client`; starts following the cluster's allocations at once.
-    pub fn new(client: NomadClient<C>, options: NomadOptions) -> Self {
+    /// An executor on `client` (control plane) and `exec` (commands and files, over the same
+    /// connector); starts following the cluster's allocations at once.
+    pub fn new(client: NomadClient<C>, exec: ExecClient<C>, options: NomadOptions) -> Self {
         let tracker = Arc::new(Mutex::new(AllocationTracker::new()));
         let (sender, receiver) = mpsc::channel(OBSERVATION_QUEUE);
         let follower = tokio::spawn(follow(
@@ -105,6 +137,8 @@ impl<C: Connector> NomadExecutor<C> {
         ));
         Self {
             client,
+            exec,
+            created: tokio::time::Instant::now(),
             options,
             environments: tokio::sync::Mutex::new(BTreeMap::new()),
             tracker,
@@ -255,33 +289,205 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Placeholder execution type until the exec WebSocket is wired: never constructed.
-#[derive(Debug)]
-pub enum NomadExecution {}
+fn command_error(error: CommandError) -> BackendError {
+    BackendError::BadRequest(error.to_string())
+}
 
-impl RunningExecution for NomadExecution {
-    async fn next_event(&mut self) -> Option<ExecutionEvent> {
-        match *self {}
-    }
-    fn stdin(&self) -> mpsc::Sender<bytes::Bytes> {
-        match *self {}
-    }
-    fn interrupt(&self) {
-        match *self {}
-    }
-    fn kill(&self) {
-        match *self {}
+fn exec_error(error: ExecError) -> BackendError {
+    let message = format!("communication with executor failed: {error}");
+    match error {
+        ExecError::Connection(_) | ExecError::Timeout(_) => BackendError::Unavailable(message),
+        ExecError::Config(_) | ExecError::Status { .. } => BackendError::Failed(message),
     }
 }
 
-fn not_wired() -> BackendError {
-    BackendError::Failed(
-        "the Nomad backend cannot run commands or touch files yet (exec is not wired)".into(),
-    )
+/// What a non-interactive file command produced.
+#[derive(Debug, Default)]
+struct FileCommandOutput {
+    /// Its stderr (at most [`MESSAGE_BYTES_MAX`]).
+    stderr: Vec<u8>,
+    /// Its exit code.
+    exit: u8,
+}
+
+fn keep(buffer: &mut Vec<u8>, bytes: &[u8]) {
+    let room = MESSAGE_BYTES_MAX.saturating_sub(buffer.len());
+    buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+impl<C: Connector> NomadExecutor<C> {
+    /// The id of the runner's running allocation. A runner whose job is gone or stopping has
+    /// none, even while its allocation still runs (the scheduler has not processed the stop).
+    async fn allocation(&self, runner: RunnerId) -> Result<String, BackendError> {
+        let job_id = runner.to_string();
+        let (job, allocations) = tokio::join!(
+            self.client.read_job(&job_id),
+            self.client.job_allocations(&job_id, false)
+        );
+        let job = job.map_err(nomad_error)?;
+        if job.is_none_or(|job| job.value["Stop"].as_bool() == Some(true)) {
+            return Err(BackendError::RunnerNotFound(runner));
+        }
+        let allocations = allocations.map_err(nomad_error)?;
+        choose_allocation(&allocations.value)
+            .map(|allocation| allocation.id.clone())
+            .ok_or(BackendError::RunnerNotFound(runner))
+    }
+
+    /// Runs `argv` without a terminal in the runner's allocation, `stdin` then end of file, and
+    /// waits for its end. Stdout goes to `on_stdout`; an allocation that goes away is
+    /// `RunnerNotFound`.
+    async fn run_file_command(
+        &self,
+        runner: RunnerId,
+        argv: &[String],
+        stdin: Option<Vec<u8>>,
+        mut on_stdout: impl FnMut(&[u8]) + Send,
+    ) -> Result<FileCommandOutput, BackendError> {
+        let allocation = self.allocation(runner).await?;
+        let mut session = self
+            .exec
+            .open(&allocation, false, argv)
+            .await
+            .map_err(exec_error)?;
+        let sender = session.stdin();
+        session.close_stdin();
+        let feed = async move {
+            if let Some(bytes) = stdin {
+                // A command that ends without reading all of it is reported by its exit code.
+                let _ = sender.send(Bytes::from(bytes)).await;
+            }
+            drop(sender);
+        };
+        let mut output = FileCommandOutput::default();
+        let collect = async {
+            while let Some(event) = session.next_event().await {
+                match event {
+                    ExecutionEvent::Stdout(bytes) => on_stdout(&bytes),
+                    ExecutionEvent::Stderr(bytes) => keep(&mut output.stderr, &bytes),
+                    ExecutionEvent::Exited(code) => {
+                        output.exit = code;
+                        return Ok(());
+                    }
+                    ExecutionEvent::Gone => return Err(BackendError::RunnerNotFound(runner)),
+                }
+            }
+            Err(BackendError::RunnerNotFound(runner))
+        };
+        let ((), collected) = tokio::join!(feed, collect);
+        collected.map(|()| output)
+    }
+
+    /// Lists `path` with `argv` (a listing or a header): the headers, or `FileNotFound` when
+    /// `ls` failed without listing anything (Poseidon §4.6: 424).
+    async fn list_with(
+        &self,
+        runner: RunnerId,
+        argv: &[String],
+    ) -> Result<Vec<FileHeader>, BackendError> {
+        let mut parser = LsParser::new();
+        let mut headers = Vec::new();
+        let output = self
+            .run_file_command(runner, argv, None, |chunk| parser.feed(chunk, &mut headers))
+            .await?;
+        parser.finish(&mut headers);
+        if output.exit != 0 && headers.is_empty() {
+            return Err(BackendError::FileNotFound);
+        }
+        Ok(headers)
+    }
+
+    /// Unix seconds now, for tar mtimes: see [`NomadOptions::unix_time_at_start_s`].
+    fn unix_time_s(&self) -> u64 {
+        self.options
+            .unix_time_at_start_s
+            .saturating_add(self.created.elapsed().as_secs())
+    }
+}
+
+/// A download's bytes: a bounded queue filled by a task that owns the `cat` session (and is
+/// aborted with this reader). The task delivers exactly the announced size: bytes beyond it (the
+/// file grew) are dropped, and a file that shrank or a `cat` that failed after the first byte
+/// ends the body with an error rather than short.
+struct DownloadReader {
+    chunks: mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+    pump: JoinHandle<()>,
+}
+
+impl Drop for DownloadReader {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+impl AsyncRead for DownloadReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if !self.current.is_empty() {
+                let n = self.current.len().min(buf.remaining());
+                let piece = self.current.split_to(n);
+                buf.put_slice(&piece);
+                return Poll::Ready(Ok(()));
+            }
+            match self.chunks.poll_recv(cx) {
+                Poll::Ready(Some(Ok(bytes))) => self.current = bytes,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Moves a download's bytes from its session into the reader's queue, `size` bytes exactly.
+async fn pump_download(
+    mut session: ExecSession,
+    first: Bytes,
+    size: u64,
+    chunks: mpsc::Sender<std::io::Result<Bytes>>,
+) {
+    let mut left = size;
+    let mut next = Some(first);
+    loop {
+        if let Some(mut bytes) = next.take() {
+            let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+            bytes.truncate(take);
+            left -= take as u64;
+            if !bytes.is_empty() && chunks.send(Ok(bytes)).await.is_err() {
+                return;
+            }
+            if left == 0 {
+                // Whatever follows (the file grew) is not announced: the body is complete.
+                return;
+            }
+        }
+        let failure = match session.next_event().await {
+            Some(ExecutionEvent::Stdout(bytes)) => {
+                next = Some(bytes);
+                continue;
+            }
+            Some(ExecutionEvent::Stderr(_)) => continue,
+            Some(ExecutionEvent::Exited(0)) => format!("the file shrank by {left} bytes"),
+            Some(ExecutionEvent::Exited(code)) => format!("cat failed with exit code {code}"),
+            Some(ExecutionEvent::Gone) | None => "the runner went away".to_owned(),
+        };
+        let _ = chunks
+            .send(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("download cut short: {failure}"),
+            )))
+            .await;
+        return;
+    }
 }
 
 impl<C: Connector> Executor for NomadExecutor<C> {
-    type Execution = NomadExecution;
+    type Execution = SplitExecution;
 
     fn take_observations(&self) -> Option<mpsc::Receiver<Observation>> {
         lock(&self.observations).take()
@@ -339,6 +545,15 @@ impl<C: Connector> Executor for NomadExecutor<C> {
     }
 
     async fn mark_runner(&self, runner: RunnerId, mark: RunnerMark) -> Result<(), BackendError> {
+        // A stopped runner has no mark to keep (its job is purged, or stopping).
+        let job = self
+            .client
+            .read_job(&runner.to_string())
+            .await
+            .map_err(nomad_error)?;
+        if job.is_none_or(|job| job.value["Stop"].as_bool() == Some(true)) {
+            return Err(BackendError::RunnerNotFound(runner));
+        }
         let mut environments = self.environments.lock().await;
         let state = environments
             .get_mut(&runner.environment())
@@ -418,36 +633,114 @@ impl<C: Connector> Executor for NomadExecutor<C> {
 
     async fn execute(
         &self,
-        _runner: RunnerId,
-        _request: ExecutionRequest,
-    ) -> Result<NomadExecution, BackendError> {
-        Err(not_wired())
+        runner: RunnerId,
+        request: ExecutionRequest,
+    ) -> Result<SplitExecution, BackendError> {
+        let fifo = StderrFifo::for_execution(self.exec.draw_u64());
+        let commands = commands::split_execution(&request, &fifo).map_err(command_error)?;
+        let allocation = self.allocation(runner).await?;
+        // The reader first: it creates the fifo the command waits for.
+        let mut reader = self
+            .exec
+            .open(&allocation, false, &commands.stderr_reader)
+            .await
+            .map_err(exec_error)?;
+        reader.close_stdin();
+        let main = self
+            .exec
+            .open(&allocation, true, &commands.main)
+            .await
+            .map_err(exec_error)?;
+        Ok(SplitExecution::new(main, reader))
     }
 
-    async fn update_files(
-        &self,
-        _runner: RunnerId,
-        _update: FileUpdate,
-    ) -> Result<(), BackendError> {
-        Err(not_wired())
+    async fn update_files(&self, runner: RunnerId, update: FileUpdate) -> Result<(), BackendError> {
+        // Refuse the whole request before any of it is done.
+        for path in update
+            .delete
+            .iter()
+            .chain(update.copy.iter().map(|(path, _)| path))
+        {
+            commands::check_path(path).map_err(command_error)?;
+        }
+        let argv = commands::update_files_argv(&update.delete).map_err(command_error)?;
+        let archive =
+            commands::tar_archive(&update.copy, self.unix_time_s()).map_err(command_error)?;
+        let mut stdout = Vec::new();
+        let output = self
+            .run_file_command(runner, &argv, Some(archive), |chunk| {
+                keep(&mut stdout, chunk);
+            })
+            .await?;
+        if output.exit == 0 {
+            return Ok(());
+        }
+        Err(BackendError::Failed(format!(
+            "file copy failed: stderr output '{}' and stdout output '{}'",
+            String::from_utf8_lossy(&output.stderr).trim_end(),
+            String::from_utf8_lossy(&stdout).trim_end(),
+        )))
     }
 
     async fn list_files(
         &self,
-        _runner: RunnerId,
-        _path: String,
-        _recursive: bool,
-        _privileged: bool,
+        runner: RunnerId,
+        path: String,
+        recursive: bool,
+        privileged: bool,
     ) -> Result<Vec<FileHeader>, BackendError> {
-        Err(not_wired())
+        commands::check_path(&path).map_err(command_error)?;
+        let argv =
+            commands::list_files_argv(&path, recursive, privileged).map_err(command_error)?;
+        self.list_with(runner, &argv).await
     }
 
     async fn download_file(
         &self,
-        _runner: RunnerId,
-        _path: String,
-        _privileged: bool,
+        runner: RunnerId,
+        path: String,
+        privileged: bool,
     ) -> Result<FileDownload, BackendError> {
-        Err(not_wired())
+        commands::check_path(&path).map_err(command_error)?;
+        let argv = commands::file_header_argv(&path, privileged).map_err(command_error)?;
+        let headers = self.list_with(runner, &argv).await?;
+        let size = match headers.as_slice() {
+            [header] if header.entry_type == '-' => {
+                u64::try_from(header.size).map_err(|_| BackendError::FileNotFound)?
+            }
+            // A directory, a device, a fifo: nothing to download.
+            _ => return Err(BackendError::FileNotFound),
+        };
+        let argv = commands::download_argv(&path, privileged).map_err(command_error)?;
+        let allocation = self.allocation(runner).await?;
+        let mut session = self
+            .exec
+            .open(&allocation, false, &argv)
+            .await
+            .map_err(exec_error)?;
+        session.close_stdin();
+        // Wait for the first byte or the end, so that an unreadable file is `FileNotFound` and
+        // not a body cut short (`/proc/1/environ`: listed, not readable).
+        let first = loop {
+            match session.next_event().await {
+                Some(ExecutionEvent::Stdout(bytes)) if !bytes.is_empty() => break bytes,
+                Some(ExecutionEvent::Stdout(_) | ExecutionEvent::Stderr(_)) => {}
+                Some(ExecutionEvent::Exited(0)) => break Bytes::new(),
+                Some(ExecutionEvent::Exited(_)) => return Err(BackendError::FileNotFound),
+                Some(ExecutionEvent::Gone) | None => {
+                    return Err(BackendError::RunnerNotFound(runner));
+                }
+            }
+        };
+        let (sender, chunks) = mpsc::channel(DOWNLOAD_QUEUE);
+        let pump = tokio::spawn(pump_download(session, first, size, sender));
+        Ok(FileDownload {
+            size,
+            reader: Box::new(DownloadReader {
+                chunks,
+                current: Bytes::new(),
+                pump,
+            }),
+        })
     }
 }

@@ -36,6 +36,10 @@ pub const CONFIG_GROUP: &str = "config";
 const CLAIM_KEY_PREFIX: &str = "claim.";
 /// The pool size in the template's `config` group meta (Poseidon's key).
 const POOL_SIZE_KEY: &str = "prewarmingPoolSize";
+/// The environment's CPU limit as given, in the template's `config` group meta: the task's
+/// `Resources.CPU` must be at least 1 MHz, so a limit of 0 ("none") could not be read back from
+/// it.
+const CPU_LIMIT_KEY: &str = "cpuLimit";
 
 /// What an operator configures for the jobs Trident submits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +100,10 @@ pub fn template_job(
     meta.insert(
         POOL_SIZE_KEY.to_owned(),
         Value::String(spec.prewarming_pool_size.to_string()),
+    );
+    meta.insert(
+        CPU_LIMIT_KEY.to_owned(),
+        Value::String(spec.cpu_limit.to_string()),
     );
     job(
         settings,
@@ -230,7 +238,12 @@ pub fn parse_template(job: &Value) -> Result<(EnvironmentId, EnvironmentSpec), J
         .ok_or_else(|| malformed("no image"))?
         .to_owned();
     let number = |value: &Value| value.as_u64().and_then(|n| u32::try_from(n).ok());
-    let cpu_limit = number(&task["Resources"]["CPU"]).unwrap_or(0);
+    let cpu_limit = config_meta(job)
+        .and_then(|meta| meta.get(CPU_LIMIT_KEY))
+        .and_then(Value::as_str)
+        .and_then(|limit| limit.parse().ok())
+        .or_else(|| number(&task["Resources"]["CPU"]))
+        .unwrap_or(0);
     let memory_limit = number(&task["Resources"]["MemoryMaxMB"]).unwrap_or(0);
     let networks = group["Networks"].as_array().cloned().unwrap_or_default();
     let network_access = !networks.is_empty();
@@ -430,6 +443,24 @@ mod tests {
             );
             assert_eq!(parse_template(&job), Ok((EnvironmentId(9), spec(network))));
         }
+    }
+
+    #[test]
+    fn a_cpu_limit_of_zero_survives_the_round_trip() {
+        let mut unlimited = spec(false);
+        unlimited.cpu_limit = 0;
+        let job = template_job(
+            &JobSettings::default(),
+            EnvironmentId(2),
+            &unlimited,
+            &BTreeMap::new(),
+        );
+        assert_eq!(
+            task(&job)["Resources"]["CPU"],
+            1,
+            "Nomad needs at least 1 MHz"
+        );
+        assert_eq!(parse_template(&job), Ok((EnvironmentId(2), unlimited)));
     }
 
     #[test]

@@ -1,5 +1,25 @@
 //! The scripted task driver: what runs when an exec arrives. A test double, not a shell.
 //!
+//! **Trident's wrappers are understood structurally, not as shell scripts.** The Nomad backend
+//! sends fixed bash scripts with the caller's strings as their own argv elements
+//! (`trident_backends::nomad::commands`). Before anything else, an argv is matched against the
+//! inverse decoders of that module, which accept exactly the shapes its builders produce:
+//! - the interactive command ([`commands::decode_interactive`]): the decoded user command runs in
+//!   the toy shell below, with the decoded variables plus `CODEOCEAN=true` (visible to
+//!   `printenv`), and its stderr goes to the stderr fifo when one is named: the command waits for
+//!   it (as the script does, [`commands::STDERR_MAIN_WAIT_S`]) and takes its name away;
+//! - the stderr reader ([`commands::decode_stderr_reader`]): creates the fifo in the fake's
+//!   per-allocation registry (a bounded channel), waits for the command to take its name (at most
+//!   [`commands::STDERR_READER_WAIT_S`], then removes it itself) and copies what arrives to its
+//!   stdout until every writer is gone;
+//! - the file update ([`commands::decode_update_files`]): the deletes (`./*` and `.` empty the
+//!   working directory), then the tar archive on stdin is extracted;
+//! - listings and file headers ([`commands::decode_list`]): GNU `ls` output from [`Fs`];
+//! - downloads ([`commands::decode_download`]): `cat` of the file.
+//!
+//! Privilege (`setuser`) is not modelled: everything runs as root. Any other argv goes to the toy
+//! shell as before.
+//!
 //! The argv is normally `["/bin/bash", "-c", "<script>"]`. The script is split into simple
 //! commands joined by `;`, `&&`, `||` or newlines; words use bash's quoting (single quotes,
 //! double quotes with `\" \\ \$ \``, backslash). There is no expansion (no variables, globs,
@@ -24,6 +44,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use trident_backends::nomad::commands::{self, StderrFifo};
 
 use super::FakeNomad;
 use super::fs::{FILE_SIZE_MAX, Fs, WORKDIR, read_tar};
@@ -198,6 +219,28 @@ pub(crate) struct Process {
     /// `None` once stdin reached EOF.
     pub(crate) stdin: Option<mpsc::Receiver<Vec<u8>>>,
     pub(crate) out: mpsc::Sender<Output>,
+    /// Where stderr goes instead of `out`: the write end of a stderr fifo.
+    pub(crate) stderr_to: Option<mpsc::Sender<Vec<u8>>>,
+    /// The variables the command sees (`printenv`).
+    pub(crate) environment: Vec<(String, String)>,
+}
+
+/// Chunks a fifo holds before its writer waits (a pipe's buffer).
+const FIFO_BOUND: usize = 16;
+/// How often a waiting script looks for its fifo again (the scripts' `sleep 0.01`).
+const FIFO_POLL: Duration = Duration::from_millis(10);
+
+/// Removes a reader's fifo name when the reader ends, however it ends.
+struct FifoName {
+    nomad: FakeNomad,
+    alloc_id: String,
+    path: String,
+}
+
+impl Drop for FifoName {
+    fn drop(&mut self) {
+        drop(self.nomad.take_fifo(&self.alloc_id, &self.path));
+    }
 }
 
 impl std::fmt::Debug for Process {
@@ -218,7 +261,11 @@ impl Process {
     }
 
     async fn stderr(&self, text: impl Into<Vec<u8>>) {
-        let _ = self.out.send(Output::Stderr(text.into())).await;
+        match &self.stderr_to {
+            // A reader that went away: the write fails, as with EPIPE.
+            Some(fifo) => drop(fifo.send(text.into()).await),
+            None => drop(self.out.send(Output::Stderr(text.into())).await),
+        }
     }
 
     async fn read_stdin(&mut self) -> Option<Vec<u8>> {
@@ -239,11 +286,130 @@ impl Process {
         Some(f(&mut alloc.fs, now_s))
     }
 
-    /// Runs an exec's argv and returns its exit code.
+    /// Runs an exec's argv and returns its exit code: Trident's wrappers by their decoded
+    /// meaning (see the module documentation), anything else in the toy shell.
     pub(crate) async fn run_argv(&mut self, argv: &[String]) -> i32 {
+        if let Some(decoded) = commands::decode_interactive(argv) {
+            return self.interactive(decoded).await;
+        }
+        if let Some(fifo) = commands::decode_stderr_reader(argv) {
+            return self.stderr_reader(&fifo).await;
+        }
+        if let Some(delete) = commands::decode_update_files(argv) {
+            return self.update_files(&delete).await;
+        }
+        if let Some(listing) = commands::decode_list(argv) {
+            let path = listing.path.as_str();
+            let listed = self.with_fs(|fs, _| {
+                if listing.header_only {
+                    fs.ls_entry(path)
+                } else {
+                    fs.ls(path, listing.recursive)
+                }
+            });
+            return match listed {
+                Some(Ok(listing)) => {
+                    self.stdout(listing).await;
+                    0
+                }
+                Some(Err(message)) => {
+                    self.stderr(message).await;
+                    2
+                }
+                None => 137,
+            };
+        }
+        if let Some(download) = commands::decode_download(argv) {
+            return self.cat(&["--", &download.path]).await;
+        }
         match self.command(argv).await {
             Flow::Status(code) | Flow::Exit(code) => code,
         }
+    }
+
+    /// The interactive wrapper: stderr onto the fifo, the variables, then the command.
+    async fn interactive(&mut self, decoded: commands::DecodedExecution) -> i32 {
+        if let Some(fifo) = &decoded.fifo {
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_secs(u64::from(commands::STDERR_MAIN_WAIT_S));
+            loop {
+                if let Some(writer) = self.nomad.take_fifo(&self.alloc_id, fifo.path()) {
+                    self.stderr_to = Some(writer);
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    // No reader: stderr stays on the terminal, as in the script.
+                    break;
+                }
+                tokio::time::sleep(FIFO_POLL).await;
+            }
+        }
+        self.environment = decoded.request.environment;
+        self.environment
+            .push(("CODEOCEAN".to_owned(), "true".to_owned()));
+        self.script(&decoded.request.command).await
+    }
+
+    /// The stderr reader: see the module documentation.
+    async fn stderr_reader(&mut self, fifo: &StderrFifo) -> i32 {
+        let (writer, mut pipe) = mpsc::channel(FIFO_BOUND);
+        if !self.nomad.create_fifo(&self.alloc_id, fifo.path(), writer) {
+            self.stderr(format!(
+                "mkfifo: cannot create fifo '{}': File exists\n",
+                fifo.path()
+            ))
+            .await;
+            return 125;
+        }
+        let _name = FifoName {
+            nomad: self.nomad.clone(),
+            alloc_id: self.alloc_id.clone(),
+            path: fifo.path().to_owned(),
+        };
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(u64::from(commands::STDERR_READER_WAIT_S));
+        let mut named = true;
+        loop {
+            tokio::select! {
+                chunk = pipe.recv() => match chunk {
+                    Some(chunk) => self.stdout(chunk).await,
+                    // Every writer is gone: `cat` sees end of file.
+                    None => return 0,
+                },
+                () = tokio::time::sleep(FIFO_POLL), if named => {
+                    if !self.nomad.fifo_exists(&self.alloc_id, fifo.path()) {
+                        named = false;
+                    } else if tokio::time::Instant::now() >= deadline {
+                        // Nobody took it: remove the name (and with it the last writer).
+                        drop(self.nomad.take_fifo(&self.alloc_id, fifo.path()));
+                        named = false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The update wrapper: deletes, then the archive on stdin.
+    async fn update_files(&mut self, delete: &[String]) -> i32 {
+        let mut errors = String::new();
+        let done = self.with_fs(|fs, _| {
+            for path in delete {
+                let path = if path == "." { "./*" } else { path.as_str() };
+                if let Err(message) = fs.remove(path, true, true) {
+                    errors.push_str(&message);
+                    errors.push('\n');
+                }
+            }
+        });
+        if done.is_none() {
+            return 137;
+        }
+        if !errors.is_empty() {
+            // Like the script: a failed delete does not stop the copy.
+            self.stderr(errors).await;
+        }
+        self.tar(&["--extract", "--absolute-names", "--file=/dev/stdin"])
+            .await
     }
 
     /// Runs a script in a (nested) shell; `exit` ends only this shell.
@@ -322,6 +488,25 @@ impl Process {
                 return Box::pin(self.command(&rest)).await;
             }
             "unset" | "true" | ":" => 0,
+            "printenv" => self.printenv(&args).await,
+            "kill" => match args.as_slice() {
+                // The shell kills itself: it ends as signal n ends a process.
+                [signal, "$$"] => match signal.strip_prefix('-').map(str::parse::<u8>) {
+                    Some(Ok(n)) if (1..128).contains(&n) => return Flow::Exit(128 + i32::from(n)),
+                    _ => {
+                        self.stderr(format!(
+                            "bash: kill: {signal}: invalid signal specification\n"
+                        ))
+                        .await;
+                        1
+                    }
+                },
+                _ => {
+                    self.stderr("kill: the fake supports only `kill -<n> $$`\n")
+                        .await;
+                    1
+                }
+            },
             "false" => 1,
             "exit" => {
                 let code = args.first().map_or(Ok(0), |a| a.parse::<i64>());
@@ -357,6 +542,24 @@ impl Process {
             }
         };
         Flow::Status(code)
+    }
+
+    async fn printenv(&mut self, args: &[&str]) -> i32 {
+        let mut text = Vec::new();
+        let mut status = 0;
+        if args.is_empty() {
+            for (name, value) in &self.environment {
+                text.extend_from_slice(format!("{name}={value}\n").as_bytes());
+            }
+        }
+        for name in args {
+            match self.environment.iter().rev().find(|(n, _)| n == name) {
+                Some((_, value)) => text.extend_from_slice(format!("{value}\n").as_bytes()),
+                None => status = 1,
+            }
+        }
+        self.stdout(text).await;
+        status
     }
 
     async fn echo(&mut self, args: &[&str]) -> i32 {

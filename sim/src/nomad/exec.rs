@@ -14,6 +14,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -146,6 +147,8 @@ async fn session(
         memory_limit_mb: target.memory_limit_mb,
         stdin: Some(stdin_rx),
         out: out_tx,
+        stderr_to: None,
+        environment: Vec::new(),
     };
     let run = async move { process.run_argv(&argv).await };
     tokio::pin!(run);
@@ -234,4 +237,9 @@ async fn session(
         }
     }
     // Nomad closes the TCP connection without a close frame (§7.5): dropping the socket does.
+    // First read what the client sent and this loop left unread (its stdin close, a heartbeat):
+    // closing a socket with unread data resets the connection, and a reset makes the client's
+    // kernel discard output it has not read yet (a long download lost its tail that way). Only
+    // what is already there: the close must not wait for the client.
+    while let Some(Some(Ok(_))) = socket.recv().now_or_never() {}
 }

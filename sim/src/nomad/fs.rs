@@ -316,6 +316,20 @@ impl Fs {
     }
 }
 
+impl Fs {
+    /// `ls -l --time-style=+%s -1 --literal --directory --dereference <arg>`: the entry itself,
+    /// a directory as one line (there are no symlinks to follow).
+    pub(crate) fn ls_entry(&self, arg: &str) -> Result<String, String> {
+        let path = normalize(arg);
+        match self.nodes.get(&path) {
+            Some(node) => Ok(self.ls_line(&path, node, arg)),
+            None => Err(format!(
+                "ls: cannot access '{arg}': No such file or directory\n"
+            )),
+        }
+    }
+}
+
 /// `rwxr--r--` from mode bits, with `s`/`S` and `t`/`T` for the special bits.
 fn permissions(mode: u32) -> String {
     let mut text = String::with_capacity(9);

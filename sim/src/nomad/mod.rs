@@ -27,10 +27,11 @@ pub mod fs;
 mod http;
 mod state;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 pub use faults::{Fault, FaultError};
@@ -116,8 +117,16 @@ impl SplitMix64 {
     }
 }
 
+/// The write end of a named pipe: what a process that opens the fifo for writing gets.
+pub(crate) type FifoWriter = mpsc::Sender<Vec<u8>>;
+
 struct Shared {
     state: Mutex<state::State>,
+    /// The named pipes (Trident's stderr fifos) that exist, by allocation and path. An entry is
+    /// the pipe's *name*: the reader that created it holds the read end, and removing the name
+    /// (taking the entry) leaves the pipe to whoever holds write ends. Every entry belongs to a
+    /// live reader process, which removes it when it ends: bounded by the open exec sessions.
+    fifos: Mutex<BTreeMap<(String, String), FifoWriter>>,
     /// Tokio time zero of this fake.
     start: Instant,
     wake: watch::Sender<u64>,
@@ -154,6 +163,7 @@ impl FakeNomad {
         let nomad = FakeNomad {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
+                fifos: Mutex::new(BTreeMap::new()),
                 // tokio's clock: paused and advanced by the simulation.
                 start: Instant::now(),
                 wake,
@@ -173,6 +183,35 @@ impl FakeNomad {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         state.now = self.shared.start.elapsed();
         state
+    }
+
+    fn fifos(&self) -> MutexGuard<'_, BTreeMap<(String, String), FifoWriter>> {
+        self.shared
+            .fifos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `mkfifo`: creates the name `path` in `alloc_id`; `false` when it exists.
+    pub(crate) fn create_fifo(&self, alloc_id: &str, path: &str, writer: FifoWriter) -> bool {
+        let mut fifos = self.fifos();
+        let key = (alloc_id.to_owned(), path.to_owned());
+        if fifos.contains_key(&key) {
+            return false;
+        }
+        fifos.insert(key, writer);
+        true
+    }
+
+    /// Opens the fifo for writing and removes its name at once (`exec 2>"$f"; rm -f -- "$f"`).
+    pub(crate) fn take_fifo(&self, alloc_id: &str, path: &str) -> Option<FifoWriter> {
+        self.fifos().remove(&(alloc_id.to_owned(), path.to_owned()))
+    }
+
+    /// Whether the fifo's name still exists.
+    pub(crate) fn fifo_exists(&self, alloc_id: &str, path: &str) -> bool {
+        self.fifos()
+            .contains_key(&(alloc_id.to_owned(), path.to_owned()))
     }
 
     /// The axum router serving the Nomad API.
