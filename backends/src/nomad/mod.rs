@@ -3,8 +3,8 @@
 //! ([`jobs`]) — all three pure — and the I/O around them: the
 //! typed HTTP client ([`client`]) over a pluggable [`connector`], its retry policy ([`retry`]),
 //! the event-stream task ([`events`]), the commands Trident runs in allocations and the `ls`
-//! parser ([`commands`], pure), the exec WebSocket client ([`exec`]), and the control plane of
-//! the backend as an `Executor` ([`executor`]; commands and files are not wired to exec yet).
+//! parser ([`commands`], pure), the exec WebSocket client ([`exec`]), and the backend itself,
+//! control plane and data plane, as an `Executor` ([`executor`]).
 //!
 //! Architecture invariant: `model`, `tracker`, `jobs` and `commands` do no I/O, have no async, read no clock, draw no
 //! randomness and iterate only ordered collections, so the simulation drives them unchanged.
