@@ -81,40 +81,21 @@ impl Default for FakeNomadConfig {
     }
 }
 
-/// SplitMix64: a tiny seedable generator, the fake's only source of randomness.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SplitMix64 {
-    state: u64,
-}
+/// The fake's only source of randomness: the project's seeded generator.
+pub use trident_core::SplitMix64;
 
-impl SplitMix64 {
-    /// A generator starting at `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A version-4-shaped UUID, as Nomad's ids look.
-    pub fn uuid(&mut self) -> String {
-        let high = self.next_u64();
-        let low = self.next_u64();
-        format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            high >> 32,
-            (high >> 16) & 0xffff,
-            high & 0x0fff,
-            ((low >> 48) & 0x3fff) | 0x8000,
-            low & 0xffff_ffff_ffff
-        )
-    }
+/// A version-4-shaped UUID drawn from `rng`, as Nomad's ids look.
+pub(crate) fn uuid(rng: &mut SplitMix64) -> String {
+    let high = rng.next_u64();
+    let low = rng.next_u64();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0x0fff,
+        ((low >> 48) & 0x3fff) | 0x8000,
+        low & 0xffff_ffff_ffff
+    )
 }
 
 /// The write end of a named pipe: what a process that opens the fifo for writing gets.

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use super::events::{Event, EventBuffer, Frame};
 use super::faults::FaultState;
 use super::fs::Fs;
-use super::{FakeNomadConfig, SplitMix64};
+use super::{FakeNomadConfig, SplitMix64, uuid};
 
 /// How many task events a task state keeps (Nomad's client default).
 const TASK_EVENTS_MAX: usize = 10;
@@ -644,7 +644,7 @@ impl State {
         timer_wake: Arc<Notify>,
     ) -> Self {
         let mut rng = SplitMix64::new(config.seed);
-        let node_id = rng.uuid();
+        let node_id = uuid(&mut rng);
         State {
             events: EventBuffer::new(config.event_buffer_size),
             config,
@@ -792,7 +792,7 @@ impl State {
         triggered_by: &'static str,
         job_modify_index: u64,
     ) -> String {
-        let id = self.rng.uuid();
+        let id = uuid(&mut self.rng);
         let now = self.now_ns();
         self.evals.insert(
             id.clone(),
@@ -1225,7 +1225,7 @@ impl State {
         let job = &self.jobs[job_key];
         let job_json = job.to_json();
         let (job_version, job_create_index) = (job.version, job.create_index);
-        let id = self.rng.uuid();
+        let id = uuid(&mut self.rng);
         let mut ports = Vec::new();
         for (label, to) in &group.dynamic_ports {
             ports.push((label.clone(), self.next_host_port, *to));
