@@ -23,6 +23,9 @@ use crate::time::Timestamp;
 
 pub use invariants::InvariantViolation;
 
+/// "Up" reports about unknown runners remembered until the next inventory.
+const UNKNOWN_UPS_MAX: usize = 1_024;
+
 /// The manager's knobs. [`ManagerConfig::default`] holds production values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManagerConfig {
@@ -107,6 +110,10 @@ pub struct Manager {
     next_lease: u64,
     /// When the last inventory was asked for and not yet received.
     inventory_requested_at: Option<Timestamp>,
+    /// "Up" reports about runners the manager did not know, with when they came and the ports,
+    /// until the next inventory: one taken before the report may still list such a runner as
+    /// pending, and the report is newer. Bounded by [`UNKNOWN_UPS_MAX`]; the oldest go first.
+    unknown_ups: BTreeMap<RunnerId, (Timestamp, Vec<MappedPort>)>,
     /// When the next periodic inventory is due.
     next_reconcile: Option<Timestamp>,
     effects: VecDeque<Effect>,
@@ -298,6 +305,7 @@ impl Manager {
             tombstones: BTreeMap::new(),
             tombstone_order: VecDeque::new(),
             deleted_environments: BTreeMap::new(),
+            unknown_ups: BTreeMap::new(),
             inventory_requested_at: None,
             next_reconcile: None,
             effects: VecDeque::new(),
@@ -673,6 +681,9 @@ impl Manager {
     pub fn runner_up(&mut self, now: Timestamp, runner: RunnerId, ports: Vec<MappedPort>) {
         let now = self.advance(now);
         let Some(state) = self.runners.get(&runner).map(|r| &r.state) else {
+            if !self.tombstones.contains_key(&runner) {
+                self.remember_unknown_up(now, runner, ports);
+            }
             self.request_inventory(now);
             self.debug_check();
             return;
@@ -1257,6 +1268,19 @@ impl Manager {
             }
             self.forget_oldest_tombstone();
         }
+    }
+
+    fn remember_unknown_up(&mut self, now: Timestamp, runner: RunnerId, ports: Vec<MappedPort>) {
+        while self.unknown_ups.len() >= UNKNOWN_UPS_MAX {
+            let oldest = self
+                .unknown_ups
+                .iter()
+                .min_by_key(|(id, (at, _))| (*at, **id))
+                .map(|(id, _)| *id)
+                .expect("not empty");
+            self.unknown_ups.remove(&oldest);
+        }
+        self.unknown_ups.insert(runner, (now, ports));
     }
 
     fn remember_deleted_environment(&mut self, now: Timestamp, id: EnvironmentId) {

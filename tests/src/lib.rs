@@ -106,7 +106,11 @@ impl Server {
             .arg("--state-dir")
             .arg(state.path())
             .args(extra)
-            .env("TRIDENT_LOG", "warn")
+            // `TRIDENT_TEST_LOG=info cargo test …` shows the servers' logs when a test fails.
+            .env(
+                "TRIDENT_LOG",
+                std::env::var("TRIDENT_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -147,6 +151,18 @@ impl Server {
             .expect("put");
         assert_eq!(response.status(), 201);
         self.environment_ready(id, pool).await;
+    }
+
+    /// `GET /statistics/execution-environments`.
+    pub async fn statistics(&self) -> Value {
+        self.client
+            .get(self.url("/statistics/execution-environments"))
+            .send()
+            .await
+            .expect("statistics")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     /// Waits until environment `id` has `pool` idle runners.

@@ -106,7 +106,6 @@ pub struct NomadExecutor<C: Connector> {
     /// Registered environments and their claim ledgers. An async mutex: a ledger write holds it
     /// across the template's re-registration, which serialises writers of one ledger.
     environments: tokio::sync::Mutex<BTreeMap<EnvironmentId, EnvironmentState>>,
-    tracker: Arc<Mutex<AllocationTracker>>,
     observations: Mutex<Option<mpsc::Receiver<Observation>>>,
     follower: tokio::task::JoinHandle<()>,
 }
@@ -127,6 +126,7 @@ impl<C: Connector> NomadExecutor<C> {
     /// An executor on `client` (control plane) and `exec` (commands and files, over the same
     /// connector); starts following the cluster's allocations at once.
     pub fn new(client: NomadClient<C>, exec: ExecClient<C>, options: NomadOptions) -> Self {
+        // Owned by the follower task alone; the inventory reads a fresh allocation list.
         let tracker = Arc::new(Mutex::new(AllocationTracker::new()));
         let (sender, receiver) = mpsc::channel(OBSERVATION_QUEUE);
         let follower = tokio::spawn(follow(
@@ -141,7 +141,6 @@ impl<C: Connector> NomadExecutor<C> {
             created: tokio::time::Instant::now(),
             options,
             environments: tokio::sync::Mutex::new(BTreeMap::new()),
-            tracker,
             observations: Mutex::new(Some(receiver)),
             follower,
         }
@@ -230,13 +229,21 @@ async fn follow<C: Connector>(
     config: EventStreamConfig,
 ) {
     loop {
-        let Some(index) = seed(&client, &tracker).await else {
+        let Some((index, running)) = seed(&client, &tracker).await else {
             if sender.is_closed() {
                 return;
             }
             tokio::time::sleep(SEED_RETRY).await;
             continue;
         };
+        // The tracker does not report what it was seeded with, but the manager may have learnt
+        // of these runners from an older snapshot that still said "pending": tell it they are up.
+        // For runners it already knows as up this only refreshes their ports.
+        for observation in running {
+            if sender.send(observation).await.is_err() {
+                return;
+            }
+        }
         let mut stream = EventStream::spawn(
             client.clone(),
             EventStreamConfig {
@@ -263,18 +270,38 @@ async fn follow<C: Connector>(
     }
 }
 
+/// Seeds the tracker from the allocation list; returns the list's index and an `Up` for every
+/// runner whose newest allocation runs.
 async fn seed<C: Connector>(
     client: &NomadClient<C>,
     tracker: &Arc<Mutex<AllocationTracker>>,
-) -> Option<u64> {
+) -> Option<(u64, Vec<Observation>)> {
     let query = AllocationQuery {
         resources: true,
         ..AllocationQuery::default()
     };
     match client.list_allocations(&query).await {
         Ok(listed) => {
+            let mut by_job: BTreeMap<String, Vec<super::model::Allocation>> = BTreeMap::new();
+            for allocation in &listed.value {
+                by_job
+                    .entry(allocation.job_id.clone())
+                    .or_default()
+                    .push(allocation.clone());
+            }
+            let running = by_job
+                .iter()
+                .filter_map(|(job, allocations)| {
+                    let runner = job.parse::<RunnerId>().ok()?;
+                    let allocation = choose_allocation(allocations)?;
+                    Some(Observation::Up {
+                        runner,
+                        ports: super::tracker::mapped_ports(allocation).unwrap_or_default(),
+                    })
+                })
+                .collect();
             lock(tracker).seed(listed.index, listed.value);
-            Some(listed.index)
+            Some((listed.index, running))
         }
         Err(error) => {
             tracing::warn!(%error, "listing allocations failed");
@@ -612,12 +639,41 @@ impl<C: Connector> Executor for NomadExecutor<C> {
                 );
             }
         }
-        let tracker = lock(&self.tracker);
+        // Runner states from a fresh allocation list, not from the tracker: the tracker may be
+        // behind (a restarted server seeds it while allocations are still being placed, and a
+        // seeded allocation that is already running is never reported "up" again).
+        let query = AllocationQuery {
+            resources: true,
+            ..AllocationQuery::default()
+        };
+        let allocations = self
+            .client
+            .list_allocations(&query)
+            .await
+            .map_err(nomad_error)?;
+        let mut by_job: BTreeMap<&str, Vec<super::model::Allocation>> = BTreeMap::new();
+        for allocation in &allocations.value {
+            by_job
+                .entry(allocation.job_id.as_str())
+                .or_default()
+                .push(allocation.clone());
+        }
+        let status_of = |runner: RunnerId| {
+            let job = runner.to_string();
+            by_job
+                .get(job.as_str())
+                .and_then(|allocations| choose_allocation(allocations))
+                .map_or(InventoryStatus::Pending, |running| {
+                    InventoryStatus::Running(
+                        super::tracker::mapped_ports(running).unwrap_or_default(),
+                    )
+                })
+        };
         let runners = runners
             .into_iter()
             .map(|runner| InventoryRunner {
                 id: runner,
-                status: tracker.status(runner).unwrap_or(InventoryStatus::Pending),
+                status: status_of(runner),
                 mark: ledgers
                     .get(&runner.environment())
                     .and_then(|ledger| ledger.get(&runner.uuid()).copied())

@@ -820,7 +820,7 @@ fn oom_killed(allocation: &Allocation) -> bool {
 /// Poseidon: the exposed port is `To` (the label, which Poseidon sets to the port number, when
 /// `To` is omitted), reachable at `HostIP:Value`. Mappings without a usable port or host are
 /// left out.
-fn mapped_ports(allocation: &Allocation) -> Option<Vec<MappedPort>> {
+pub(crate) fn mapped_ports(allocation: &Allocation) -> Option<Vec<MappedPort>> {
     let resources = allocation.allocated_resources.as_ref()?;
     Some(
         resources

@@ -43,6 +43,8 @@ impl Manager {
     ///   the state the effect implies (start → starting, stop → stopping);
     /// - `tombstone-not-live`: a runner remembered as removed is not also live; the tombstone
     ///   bound holds;
+    /// - `unknown-ups`: "up" reports remembered for the next inventory are bounded and name only
+    ///   runners the manager does not know;
     /// - `generation-order`: an environment's ready generation never runs ahead of its current.
     ///
     /// Each runner has exactly one state by construction (one enum value per map entry), and
@@ -194,6 +196,20 @@ impl Manager {
     }
 
     fn check_tombstones(&self) -> Result<(), InvariantViolation> {
+        if self.unknown_ups.len() > super::UNKNOWN_UPS_MAX
+            || self
+                .unknown_ups
+                .keys()
+                .any(|id| self.runners.contains_key(id))
+        {
+            return violation(
+                "unknown-ups",
+                format!(
+                    "{} remembered reports, some about known runners",
+                    self.unknown_ups.len()
+                ),
+            );
+        }
         if let Some(id) = self
             .tombstones
             .keys()

@@ -48,6 +48,13 @@ impl Manager {
                 _ => None,
             })
             .collect();
+        // Every lease persisted anywhere in the inventory was issued: lift the counter above it
+        // before anything else, whatever becomes of the runner (stopped, dropped, adopted).
+        for listed_runner in &inventory.runners {
+            if let RunnerMark::Claimed(mark) = listed_runner.mark {
+                self.next_lease = self.next_lease.max(mark.lease.0.saturating_add(1));
+            }
+        }
         for listed_runner in inventory.runners {
             if self.runners.contains_key(&listed_runner.id) {
                 self.reconcile_known(listed_runner);
@@ -71,6 +78,8 @@ impl Manager {
         for environment in environments {
             self.upkeep(now, environment);
         }
+        // Every report newer than this inventory has been used; older ones it covers.
+        self.unknown_ups.clear();
         self.debug_check();
     }
 
@@ -221,11 +230,7 @@ impl Manager {
         }
         let claim = match listed.mark {
             RunnerMark::Idle => None,
-            RunnerMark::Claimed(mark) => {
-                // Whatever becomes of this runner, that lease was issued: never issue it again.
-                self.next_lease = self.next_lease.max(mark.lease.0.saturating_add(1));
-                Some(mark)
-            }
+            RunnerMark::Claimed(mark) => Some(mark),
             RunnerMark::Retired => {
                 // Dirty and given up on by an earlier manager: finish the job.
                 self.adopt(id, generation, now, stopping());
@@ -266,12 +271,26 @@ impl Manager {
                 }))
             }
             (InventoryStatus::Running(ports), None) => RunnerState::Idle { ports },
-            (InventoryStatus::Pending, mark) => RunnerState::Starting {
-                deadline: now + self.config.start_timeout,
-                // A pending runner with a claim mark restarted after its claim: it comes back
-                // clean, and the mark goes once it is up.
-                clear_mark: mark.is_some(),
-            },
+            (InventoryStatus::Pending, mark) => {
+                match self.unknown_ups.remove(&id) {
+                    // The backend reported it up after this snapshot was taken: it is up.
+                    Some((reported_at, ports)) if reported_at >= as_of => {
+                        if mark.is_some() {
+                            self.effects.push_back(Effect::MarkRunner {
+                                runner: id,
+                                mark: RunnerMark::Idle,
+                            });
+                        }
+                        RunnerState::Idle { ports }
+                    }
+                    _ => RunnerState::Starting {
+                        deadline: now + self.config.start_timeout,
+                        // A pending runner with a claim mark restarted after its claim: it comes
+                        // back clean, and the mark goes once it is up.
+                        clear_mark: mark.is_some(),
+                    },
+                }
+            }
         };
         self.adopt(id, generation, now, state);
     }

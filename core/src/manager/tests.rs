@@ -1137,3 +1137,51 @@ fn the_invariant_check_detects_a_corrupted_timer_set() {
         .expect_err("timers were cleared");
     assert_eq!(violation.name, "timers-derived");
 }
+
+#[test]
+fn an_up_reported_after_the_snapshot_wins_over_a_pending_listing() {
+    let mut fixture = Fixture::new();
+    // Pool of 2 with one runner up and one starting: room for the adopted one to stay idle.
+    let started = fixture.environment(2);
+    fixture.up(&started[..1]);
+    let restarted = RunnerId::new(ENV, Uuid(9));
+    let as_of = fixture.now;
+    fixture.advance(Duration::from_secs(1));
+    // A runner this manager does not know yet comes up; the inventory was taken before.
+    fixture.manager.runner_up(fixture.now, restarted, ports(80));
+    fixture.drain();
+    fixture.manager.reconcile(
+        fixture.now,
+        Inventory {
+            as_of,
+            environments: vec![(ENV, spec(2))],
+            runners: vec![listed(restarted, InventoryStatus::Pending, None)],
+        },
+    );
+    assert!(
+        matches!(
+            fixture.manager.runners[&restarted].state,
+            RunnerState::Idle { .. }
+        ),
+        "the newer report says it is up"
+    );
+    // An older report is covered by the snapshot: pending stays pending.
+    let other = RunnerId::new(ENV, Uuid(10));
+    fixture.manager.runner_up(fixture.now, other, vec![]);
+    fixture.advance(Duration::from_secs(1));
+    fixture.manager.reconcile(
+        fixture.now,
+        Inventory {
+            as_of: fixture.now,
+            environments: vec![(ENV, spec(2))],
+            runners: vec![
+                listed(restarted, InventoryStatus::Running(ports(80)), None),
+                listed(other, InventoryStatus::Pending, None),
+            ],
+        },
+    );
+    assert!(matches!(
+        fixture.manager.runners[&other].state,
+        RunnerState::Starting { .. }
+    ));
+}
