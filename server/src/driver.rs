@@ -255,6 +255,7 @@ impl<E: Executor> Driver<E> {
                             }
                         };
                         let now = self.clock.now();
+                        tracing::debug!(?input, %now, "observation");
                         self.manager.apply(now, input);
                     }
                     None => {
@@ -500,7 +501,15 @@ async fn run_effect<E: Executor>(executor: &E, effect: Effect, now: Timestamp) -
             }
         },
         Effect::RequestInventory => match executor.inventory(now).await {
-            Ok(inventory) => Some(Outcome::Input(Input::Reconcile(inventory))),
+            Ok(inventory) => {
+                tracing::debug!(
+                    as_of = %inventory.as_of,
+                    environments = inventory.environments.len(),
+                    runners = ?inventory.runners.iter().map(|r| (r.id, &r.status)).collect::<Vec<_>>(),
+                    "inventory"
+                );
+                Some(Outcome::Input(Input::Reconcile(inventory)))
+            }
             Err(error) => {
                 tracing::warn!(%error, "collecting the inventory failed");
                 None
