@@ -244,10 +244,13 @@ async fn follow<C: Connector>(
                 return;
             }
         }
+        // The stream resumes "after the last frame seen": the seed reflects everything up to
+        // its index, so that index is the last frame seen. (Starting one later made the client
+        // skip the very next frame as Nomad's re-sent one, and lose it.)
         let mut stream = EventStream::spawn(
             client.clone(),
             EventStreamConfig {
-                start_index: index.saturating_add(1),
+                start_index: index,
                 ..config.clone()
             },
         );
@@ -263,6 +266,8 @@ async fn follow<C: Connector>(
                 }
                 StreamItem::Resync(reason) => {
                     tracing::warn!(?reason, "event stream resync: re-seeding from the lists");
+                    // Bounded rate: a cluster that keeps producing gaps costs one list a second.
+                    tokio::time::sleep(SEED_RETRY).await;
                     break;
                 }
             }
