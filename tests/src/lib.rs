@@ -169,15 +169,7 @@ impl Server {
     pub async fn environment_ready(&self, id: u64, pool: u32) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let stats: Value = self
-                .client
-                .get(self.url("/statistics/execution-environments"))
-                .send()
-                .await
-                .expect("statistics")
-                .json()
-                .await
-                .expect("JSON");
+            let stats = self.statistics().await;
             if stats[id.to_string()]["idleRunners"] == json!(pool) {
                 return;
             }

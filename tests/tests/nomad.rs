@@ -191,15 +191,7 @@ async fn a_restarted_server_recovers_idle_and_claimed_runners_with_their_timeout
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let stats: Value = second
-        .client
-        .get(second.url("/statistics/execution-environments"))
-        .send()
-        .await
-        .expect("statistics")
-        .json()
-        .await
-        .expect("JSON");
+    let stats = second.statistics().await;
     assert_eq!(stats["1"]["usedRunners"], 2, "{stats}");
     // The claimed runner is the same one, with its files.
     let raw = second.url(&format!("/runners/{kept}/files/raw?path=kept.txt"));
