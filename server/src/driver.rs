@@ -36,6 +36,9 @@ pub struct DriverConfig {
     /// How long a shutdown may spend writing outstanding claim marks and finishing the effects
     /// in flight.
     pub shutdown_flush_timeout: Duration,
+    /// Called with the manager after every input the driver handled (the simulation checks its
+    /// invariants there). `None` in production.
+    pub inspector: Option<Inspector>,
 }
 
 impl Default for DriverConfig {
@@ -43,7 +46,18 @@ impl Default for DriverConfig {
         Self {
             effects_in_flight_max: 64,
             shutdown_flush_timeout: Duration::from_secs(10),
+            inspector: None,
         }
+    }
+}
+
+/// A read-only look at the manager after every input, with the manager's `now`.
+#[derive(Clone)]
+pub struct Inspector(pub Arc<dyn Fn(&Manager, Timestamp) + Send + Sync>);
+
+impl std::fmt::Debug for Inspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspector")
     }
 }
 
@@ -426,6 +440,9 @@ impl<E: Executor> Driver<E> {
                     tracing::warn!(%runner, attempts, "gave up stopping a runner");
                 }
             }
+        }
+        if let Some(inspector) = &self.config.inspector {
+            (inspector.0)(&self.manager, self.clock.now());
         }
     }
 

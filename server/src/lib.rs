@@ -16,10 +16,14 @@ pub mod driver;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use trident_backends::Executor;
+use trident_backends::nomad::client::{NomadClient, NomadConfig};
+use trident_backends::nomad::connector::Connector;
+use trident_backends::nomad::exec::{ExecClient, ExecConfig};
+use trident_backends::nomad::executor::{NomadExecutor, NomadOptions};
+use trident_backends::nomad::retry::Entropy;
 use trident_core::{IdSource, Manager, ManagerConfig, Uuid};
 
 /// Fresh ids from the operating system's randomness: runner and execution ids are capabilities
@@ -40,6 +44,16 @@ impl IdSource for OsIds {
     }
 }
 
+/// Makes the id sources of one server.
+#[derive(Clone)]
+pub struct IdFactory(pub Arc<dyn Fn() -> Box<dyn IdSource> + Send + Sync>);
+
+impl std::fmt::Debug for IdFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdFactory")
+    }
+}
+
 /// What the server needs besides its backend.
 #[derive(Debug)]
 pub struct ServerOptions {
@@ -53,8 +67,9 @@ pub struct ServerOptions {
     pub depleting_threshold: f64,
     /// What `/version` answers.
     pub version: String,
-    /// Fresh runner and execution ids.
-    pub ids: fn() -> Box<dyn IdSource>,
+    /// Fresh runner and execution ids: called once for the manager's source and once for the
+    /// API's (execution ids).
+    pub ids: IdFactory,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
 }
@@ -67,10 +82,30 @@ impl Default for ServerOptions {
             token: None,
             depleting_threshold: 0.0,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            ids: || Box::new(OsIds),
+            ids: IdFactory(Arc::new(|| Box::new(OsIds))),
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
         }
     }
+}
+
+/// Builds the Nomad backend over `connector`: the one constructor the `trident` binary (tokio
+/// TCP and TLS) and the simulation (turmoil's TCP, seeded entropy) share. `entropy` is cloned
+/// for the HTTP client and the exec client.
+pub fn nomad_executor<C, R>(
+    nomad: &NomadConfig,
+    connector: C,
+    entropy: R,
+    options: NomadOptions,
+) -> Result<NomadExecutor<C>, String>
+where
+    C: Connector,
+    R: Entropy + Clone,
+{
+    let client = NomadClient::new(nomad, connector.clone(), entropy.clone())
+        .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
+    let exec = ExecClient::new(nomad, connector, ExecConfig::default(), entropy)
+        .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
+    Ok(NomadExecutor::new(client, exec, options))
 }
 
 /// A server that is serving.
@@ -85,15 +120,20 @@ pub struct RunningServer {
 }
 
 /// Serves Poseidon's API on `listener` with `executor` as the backend until `shutdown` is
-/// cancelled.
-pub fn start<E: Executor>(
+/// cancelled. The listener is tokio's `TcpListener` in production and turmoil's in the
+/// simulation.
+pub fn start<E, L>(
     executor: Arc<E>,
-    listener: TcpListener,
+    listener: L,
     options: ServerOptions,
-) -> std::io::Result<RunningServer> {
+) -> std::io::Result<RunningServer>
+where
+    E: Executor,
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let manager = Manager::new(options.manager, (options.ids)());
+    let manager = Manager::new(options.manager, (options.ids.0)());
     let (handle, driver) = driver::spawn(
         manager,
         Arc::clone(&executor),
@@ -107,7 +147,7 @@ pub fn start<E: Executor>(
         depleting_threshold: options.depleting_threshold,
         version: options.version,
         pending_executions: Mutex::new(api::PendingExecutions::default()),
-        ids: Mutex::new((options.ids)()),
+        ids: Mutex::new((options.ids.0)()),
     });
     let router =
         api::router(state).layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
-use trident_backends::nomad::client::{NomadClient, NomadConfig};
-use trident_backends::nomad::exec::{ExecClient, ExecConfig};
-use trident_backends::nomad::executor::{NomadExecutor, NomadOptions};
+use trident_backends::nomad::client::{NomadConfig, tcp_connector};
+use trident_backends::nomad::executor::NomadOptions;
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
-use trident_server::{ServerOptions, start};
+use trident_server::{ServerOptions, nomad_executor, start};
 
 fn main() -> ExitCode {
     // The local backend re-executes this binary as its sandbox init; that must happen before
@@ -131,11 +130,8 @@ async fn serve(config: Config) -> Result<(), String> {
                 let mut bytes = [0u8; 8];
                 getrandom::fill(&mut bytes).map_or(0, |()| u64::from_le_bytes(bytes))
             };
-            let client = NomadClient::connect_tcp(&nomad, entropy)
+            let connector = tcp_connector(&nomad)
                 .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
-            let exec = ExecClient::connect_tcp(&nomad, ExecConfig::default(), entropy)
-                .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
-            tracing::info!(address = %nomad.address, "Nomad backend ready");
             let nomad_options = NomadOptions {
                 // Modification times of copied files; outside the simulation.
                 unix_time_at_start_s: std::time::SystemTime::now()
@@ -143,7 +139,8 @@ async fn serve(config: Config) -> Result<(), String> {
                     .map_or(0, |since| since.as_secs()),
                 ..NomadOptions::default()
             };
-            let executor = Arc::new(NomadExecutor::new(client, exec, nomad_options));
+            let executor = Arc::new(nomad_executor(&nomad, connector, entropy, nomad_options)?);
+            tracing::info!(address = %nomad.address, "Nomad backend ready");
             let server = start(executor, listener, options).map_err(|error| error.to_string())?;
             // Nomad's runners outlive this process: a restarted server recovers them.
             run_until_signal(server).await

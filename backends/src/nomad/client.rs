@@ -222,21 +222,23 @@ impl<C: Connector> fmt::Debug for NomadClient<C> {
     }
 }
 
+/// The production connector for `config`: tokio TCP, with TLS when the address is `https`.
+pub fn tcp_connector(config: &NomadConfig) -> Result<MaybeTls<TcpConnector>, NomadError> {
+    let https = config.address.starts_with("https://");
+    match (&config.tls, https) {
+        (Some(settings), true) => MaybeTls::tls(TcpConnector, settings)
+            .map_err(|error| NomadError::Config(error.to_string())),
+        (None, true) => Err(NomadError::Config(
+            "an https address needs TLS settings (at least a CA file)".into(),
+        )),
+        (_, false) => Ok(MaybeTls::plain(TcpConnector)),
+    }
+}
+
 impl NomadClient<MaybeTls<TcpConnector>> {
     /// The production client: tokio TCP, with TLS when the address is `https`.
     pub fn connect_tcp(config: &NomadConfig, entropy: impl Entropy) -> Result<Self, NomadError> {
-        let https = config.address.starts_with("https://");
-        let connector = match (&config.tls, https) {
-            (Some(settings), true) => MaybeTls::tls(TcpConnector, settings)
-                .map_err(|error| NomadError::Config(error.to_string()))?,
-            (None, true) => {
-                return Err(NomadError::Config(
-                    "an https address needs TLS settings (at least a CA file)".into(),
-                ));
-            }
-            (_, false) => MaybeTls::plain(TcpConnector),
-        };
-        NomadClient::new(config, connector, entropy)
+        NomadClient::new(config, tcp_connector(config)?, entropy)
     }
 }
 

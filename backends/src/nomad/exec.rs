@@ -226,17 +226,8 @@ impl ExecClient<MaybeTls<TcpConnector>> {
         config: ExecConfig,
         entropy: impl Entropy,
     ) -> Result<Self, ExecError> {
-        let https = nomad.address.starts_with("https://");
-        let connector = match (&nomad.tls, https) {
-            (Some(settings), true) => MaybeTls::tls(TcpConnector, settings)
-                .map_err(|error| ExecError::Config(error.to_string()))?,
-            (None, true) => {
-                return Err(ExecError::Config(
-                    "an https address needs TLS settings (at least a CA file)".into(),
-                ));
-            }
-            (_, false) => MaybeTls::plain(TcpConnector),
-        };
+        let connector = super::client::tcp_connector(nomad)
+            .map_err(|error| ExecError::Config(error.to_string()))?;
         ExecClient::new(nomad, connector, config, entropy)
     }
 }
