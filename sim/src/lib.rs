@@ -5,7 +5,9 @@
 //! workloads of CodeOcean-like clients, seeded fault plans and the invariants checked after every
 //! step. A failing seed replays with one command.
 //!
-//! So far: the fake Nomad ([`nomad`]). The harness arrives with the simulation issue; it builds on
-//! the Nomad backend.
+//! - [`nomad`]: the fake Nomad;
+//! - [`harness`]: the turmoil simulation ([`harness::run_seed`]), its fault kinds, workload,
+//!   invariants and trace.
 
+pub mod harness;
 pub mod nomad;

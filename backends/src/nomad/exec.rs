@@ -18,11 +18,14 @@
 //!   stream-close frames are noted and dropped, the `exited` frame ends the session. Frames that
 //!   are not JSON, carry bad base64 or are binary are skipped (logged): one bad frame should not
 //!   cost the user the output after it.
-//! - **End of session without an exit frame**, as §7.5 says Poseidon reads it: a close frame
-//!   1000 (or without a code) and a connection that just ends (1006, "unexpected EOF") give exit
-//!   code 0; a close frame that says the allocation is unknown or terminal gives
-//!   [`ExecutionEvent::Gone`]; any other close frame (1008/1011 with a reason) gives exit code 1.
-//!   The precise ending is kept in [`ExecSession::end`].
+//! - **End of session without an exit frame** (§7.5): a close frame 1000 (or without a code)
+//!   gives exit code 0, as Poseidon reads it; a close frame that says the allocation is unknown
+//!   or terminal gives [`ExecutionEvent::Gone`]; any other close frame (1008/1011 with a reason)
+//!   gives exit code 1. A connection that just ends (1006, "unexpected EOF": an agent or server
+//!   restart, a node gone) also gives [`ExecutionEvent::Gone`], where Poseidon reports exit
+//!   code 0: the command's real exit code is unknown, and a 0 would tell CodeOcean that a
+//!   program passed when it may have failed (the simulation caught exactly that: `exit 3`
+//!   reported as 0 under `exec-drop`). The precise ending is kept in [`ExecSession::end`].
 //! - **Interrupt** writes [`INTERRUPT_BYTE`] (Ctrl-\, SIGQUIT through the terminal) ahead of any
 //!   queued stdin. **Kill** closes the websocket and reports exit code 137 (as `SIGKILL`). Nomad
 //!   does *not* kill the process when the websocket goes (§7.5): a process that ignores the
@@ -149,8 +152,9 @@ impl SessionEnd {
             SessionEnd::Exited { code, .. } => ExecutionEvent::Exited(*code),
             SessionEnd::Closed {
                 code: 1000 | 1005, ..
-            }
-            | SessionEnd::ConnectionLost(_) => ExecutionEvent::Exited(0),
+            } => ExecutionEvent::Exited(0),
+            // Unknown exit code: never report one (see the module documentation).
+            SessionEnd::ConnectionLost(_) => ExecutionEvent::Gone,
             SessionEnd::Closed { reason, .. } if allocation_is_gone(reason) => ExecutionEvent::Gone,
             SessionEnd::Closed { .. } => ExecutionEvent::Exited(1),
             SessionEnd::Killed => ExecutionEvent::Exited(KILLED_EXIT_CODE),
@@ -816,6 +820,7 @@ impl RunningExecution for SplitExecution {
                     .grace_deadline
                     .expect("a pending end comes with a deadline");
                 tokio::select! {
+                    biased;
                     event = reader.next_event() => match event.and_then(as_stderr) {
                         Some(event) => return Some(event),
                         None => self.stderr = None,

@@ -77,6 +77,20 @@ pub struct NomadOptions {
     /// plus the tokio time elapsed since (0 where no wall clock may be read, as in the
     /// simulation).
     pub unix_time_at_start_s: u64,
+    /// Told the index of every event frame the tracker processed, with the number of the
+    /// subscription it came through (one per seed of the tracker). The simulation checks that
+    /// indexes never go backwards within a subscription. `None` in production.
+    pub frame_probe: Option<FrameProbe>,
+}
+
+/// See [`NomadOptions::frame_probe`]: called with (subscription, frame index).
+#[derive(Clone)]
+pub struct FrameProbe(pub Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for FrameProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameProbe")
+    }
 }
 
 impl Default for NomadOptions {
@@ -86,6 +100,7 @@ impl Default for NomadOptions {
             evaluation_timeout: Duration::from_secs(10),
             events: EventStreamConfig::default(),
             unix_time_at_start_s: 0,
+            frame_probe: None,
         }
     }
 }
@@ -134,6 +149,7 @@ impl<C: Connector> NomadExecutor<C> {
             Arc::clone(&tracker),
             sender,
             options.events.clone(),
+            options.frame_probe.clone(),
         ));
         Self {
             client,
@@ -227,7 +243,9 @@ async fn follow<C: Connector>(
     tracker: Arc<Mutex<AllocationTracker>>,
     sender: mpsc::Sender<Observation>,
     config: EventStreamConfig,
+    probe: Option<FrameProbe>,
 ) {
+    let mut subscription = 0u64;
     loop {
         let Some((index, running)) = seed(&client, &tracker).await else {
             if sender.is_closed() {
@@ -247,6 +265,7 @@ async fn follow<C: Connector>(
         // The stream resumes "after the last frame seen": the seed reflects everything up to
         // its index, so that index is the last frame seen. (Starting one later made the client
         // skip the very next frame as Nomad's re-sent one, and lose it.)
+        subscription += 1;
         let mut stream = EventStream::spawn(
             client.clone(),
             EventStreamConfig {
@@ -257,6 +276,9 @@ async fn follow<C: Connector>(
         while let Some(item) = stream.next().await {
             match item {
                 StreamItem::Frame(frame) => {
+                    if let Some(probe) = &probe {
+                        (probe.0)(subscription, frame.index);
+                    }
                     let observations = lock(&tracker).apply_frame(&frame);
                     for observation in observations {
                         if sender.send(observation).await.is_err() {
@@ -683,6 +705,16 @@ impl<C: Connector> Executor for NomadExecutor<C> {
                     .get(&runner.environment())
                     .and_then(|ledger| ledger.get(&runner.uuid()).copied())
                     .unwrap_or_default(),
+            })
+            .collect();
+        // The simulation's canary (`sim/tests/canary.rs`): a recovery that forgets the claim
+        // ledger, so a restarted Trident hands out runners that clients still hold.
+        #[cfg(feature = "sim-canary")]
+        let runners = runners
+            .into_iter()
+            .map(|runner| InventoryRunner {
+                mark: RunnerMark::Idle,
+                ..runner
             })
             .collect();
         Ok(Inventory {

@@ -371,6 +371,7 @@ impl Process {
         let mut named = true;
         loop {
             tokio::select! {
+                biased;
                 chunk = pipe.recv() => match chunk {
                     Some(chunk) => self.stdout(chunk).await,
                     // Every writer is gone: `cat` sees end of file.

@@ -249,6 +249,16 @@ impl FakeNomad {
         state.wake();
     }
 
+    /// The jobs and running allocations. Reads no clock, so it may be called from outside the
+    /// fake's runtime (the simulation's step loop).
+    pub fn census(&self) -> Census {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .census()
+    }
+
     /// The current raft index.
     pub fn index(&self) -> u64 {
         self.lock().index()
@@ -280,6 +290,28 @@ impl FakeNomad {
     pub fn job_allocations(&self, namespace: &str, id: &str) -> serde_json::Value {
         self.lock().job_allocations(namespace, id, true).0
     }
+}
+
+/// A job as [`FakeNomad::census`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobCensus {
+    /// The job's id.
+    pub id: String,
+    /// Whether it was deregistered without purge (`Stop`).
+    pub stopped: bool,
+    /// `pending`, `running` or `dead`.
+    pub status: &'static str,
+}
+
+/// What the cluster holds right now, for invariants that compare it with Trident's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Every job, in id order.
+    pub jobs: Vec<JobCensus>,
+    /// `(allocation id, job id)` of every allocation that runs and should.
+    pub running: Vec<(String, String)>,
+    /// The raft index.
+    pub index: u64,
 }
 
 /// Plays scheduler and client agent: sleeps until the next timer is due and runs every due timer.

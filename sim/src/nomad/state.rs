@@ -1170,6 +1170,28 @@ impl State {
         })
     }
 
+    /// The jobs and the live allocations, for the simulation's invariants (reads no clock).
+    pub(crate) fn census(&self) -> super::Census {
+        super::Census {
+            jobs: self
+                .jobs
+                .values()
+                .map(|job| super::JobCensus {
+                    id: job.id.clone(),
+                    stopped: job.stop,
+                    status: job.status,
+                })
+                .collect(),
+            running: self
+                .allocs
+                .values()
+                .filter(|alloc| alloc.client_status == "running" && alloc.desired_status == "run")
+                .map(|alloc| (alloc.id.clone(), alloc.job_id.clone()))
+                .collect(),
+            index: self.index,
+        }
+    }
+
     pub(crate) fn alloc(&self, id: &str) -> Option<&Alloc> {
         self.allocs.get(id)
     }
