@@ -723,8 +723,11 @@ impl Manager {
     }
 
     /// The backend saw `runner` go down. What follows depends on the cause:
-    /// - restarting causes ([`DownCause::restarts`]) end a claim and put the runner back to
-    ///   starting: it comes back clean under the same id and rejoins the pool;
+    /// - restarting causes ([`DownCause::restarts`]) put an unclaimed runner back to starting: it
+    ///   comes back clean under the same id and rejoins the pool. A *claimed* runner's lease ends
+    ///   and the runner is stopped instead: its id is the capability its client holds, so the
+    ///   runner must never be handed to anyone else (Poseidon puts it back into the pool, and the
+    ///   next claimant shares it with the previous holder; the simulation found this);
     /// - the others remove it, and those that may leave remains ([`DownCause::leaves_remains`])
     ///   stop it to purge them;
     /// - a failed start makes the environment back off.
@@ -743,6 +746,9 @@ impl Manager {
             }
             // Anything else may leave remains: the stop in flight or its retry goes on.
             (RunnerState::Stopping { .. }, _) => {}
+            (RunnerState::Claimed(_), cause) if cause.restarts() => {
+                self.begin_stop(runner, LeaseEndCause::Backend(cause));
+            }
             (_, cause) if cause.restarts() => {
                 let was_claimed = self.end_lease(runner, LeaseEndCause::Backend(cause));
                 let deadline = now + self.config.start_timeout;

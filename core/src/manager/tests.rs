@@ -695,57 +695,58 @@ fn a_duplicated_up_never_returns_a_claimed_runner_to_the_pool() {
 }
 
 #[test]
-fn an_oom_killed_claimed_runner_ends_its_lease_and_rejoins_the_pool_clean() {
-    let mut fixture = Fixture::new();
-    fixture.ready_pool(1);
-    let claimed = fixture.claim(None);
-    let replacement = starts(&fixture.drain());
-    fixture.up(&replacement);
-    fixture
-        .manager
-        .runner_down(fixture.now, claimed.runner, DownCause::OomKilled);
-    let effects = fixture.drain();
-    assert!(matches!(
-        fixture.last_event().as_ref(),
-        Some(Event::LeaseEnded {
-            cause: LeaseEndCause::Backend(DownCause::OomKilled),
-            ..
-        })
-    ));
-    // Restarting, it counts towards the pool: with the replacement idle the pool is over target
-    // and the restarting runner is stopped rather than left to overshoot.
-    assert_eq!(stops(&effects), vec![claimed.runner]);
+fn a_claimed_runner_that_restarts_ends_its_lease_and_is_stopped_never_handed_out_again() {
+    for cause in [DownCause::OomKilled, DownCause::Rescheduled] {
+        let mut fixture = Fixture::new();
+        fixture.ready_pool(1);
+        let claimed = fixture.claim(None);
+        // The replacement fails to start, so the pool would have room for the restarting
+        // runner: it is stopped all the same.
+        let replacement = starts(&fixture.drain());
+        fixture
+            .manager
+            .runner_down(fixture.now, replacement[0], DownCause::FailedToStart);
+        fixture.manager.runner_down(fixture.now, claimed.runner, cause);
+        let effects = fixture.drain();
+        assert!(
+            matches!(
+                fixture.last_event().as_ref(),
+                Some(Event::LeaseEnded { cause: LeaseEndCause::Backend(c), .. }) if *c == cause
+            ),
+            "{cause:?}"
+        );
+        assert!(stops(&effects).contains(&claimed.runner), "{cause:?}");
+        // Its restart coming up changes nothing: it is being stopped.
+        fixture
+            .manager
+            .runner_up(fixture.now, claimed.runner, ports(80));
+        fixture.drain();
+        let stats = fixture.stats();
+        assert_eq!((stats.idle, stats.used), (0, 0), "{cause:?}");
+        assert!(matches!(
+            fixture.manager.runners[&claimed.runner].state,
+            RunnerState::Stopping { .. }
+        ));
+        assert_eq!(
+            fixture.manager.claim(fixture.now, ENV, None),
+            Err(ClaimError::NoIdleRunner),
+            "{cause:?}: the restarted runner is nobody's to claim"
+        );
+    }
 }
 
 #[test]
-fn a_restarted_runner_comes_back_idle_and_its_stale_claim_mark_is_cleared() {
+fn an_idle_runner_that_restarts_comes_back_under_its_id() {
     let mut fixture = Fixture::new();
-    fixture.ready_pool(1);
-    let claimed = fixture.claim(None);
-    // The replacement fails to start, so the pool has room for the restarting runner.
-    let replacement = starts(&fixture.drain());
+    let idle = fixture.ready_pool(1);
     fixture
         .manager
-        .runner_down(fixture.now, replacement[0], DownCause::FailedToStart);
-    fixture
-        .manager
-        .runner_down(fixture.now, claimed.runner, DownCause::Rescheduled);
-    let stats = fixture.stats();
-    assert_eq!((stats.used, stats.starting, stats.stopping), (0, 1, 1));
-    fixture
-        .manager
-        .runner_up(fixture.now, claimed.runner, ports(80));
-    let effects = fixture.drain();
-    assert!(effects.contains(&Effect::MarkRunner {
-        runner: claimed.runner,
-        mark: RunnerMark::Idle,
-    }));
-    let again = fixture.claim(None);
-    assert_eq!(again.runner, claimed.runner);
-    assert!(
-        again.lease > claimed.lease,
-        "a new lease for the clean runner"
-    );
+        .runner_down(fixture.now, idle[0], DownCause::Rescheduled);
+    assert!(stops(&fixture.drain()).is_empty());
+    assert_eq!(fixture.stats().starting, 1);
+    fixture.manager.runner_up(fixture.now, idle[0], ports(80));
+    fixture.drain();
+    assert_eq!(fixture.claim(None).runner, idle[0]);
 }
 
 #[test]

@@ -261,6 +261,9 @@ pub struct Sut {
     zombies: BTreeMap<RunnerId, Lease>,
     leases_seen: BTreeSet<(RunnerId, Lease)>,
     leases_this_incarnation: BTreeSet<Lease>,
+    /// Every runner a claim ever returned: a runner id is its holder's capability, so no runner
+    /// is handed out twice, not even after it restarted clean.
+    handed_out: BTreeSet<RunnerId>,
 }
 
 #[derive(Clone, Debug)]
@@ -284,6 +287,7 @@ impl Sut {
             zombies: BTreeMap::new(),
             leases_seen: BTreeSet::new(),
             leases_this_incarnation: BTreeSet::new(),
+            handed_out: BTreeSet::new(),
         };
         sut.collect();
         sut
@@ -417,6 +421,11 @@ impl Sut {
                         assert!(
                             !self.ledger.contains_key(&claimed.runner),
                             "{} handed to two clients",
+                            claimed.runner
+                        );
+                        assert!(
+                            self.handed_out.insert(claimed.runner),
+                            "{} handed out a second time",
                             claimed.runner
                         );
                         assert!(
