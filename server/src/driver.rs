@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use trident_backends::{Executor, Observation};
 use trident_core::{
-    Effect, EnvironmentId, EnvironmentSpec, Event, Input, LeaseEndCause, Manager, PutError,
-    PutOutcome, Reply, RunnerId, Timestamp,
+    Effect, EnvironmentId, EnvironmentSpec, Event, Input, Lease, LeaseEndCause, Manager, PutError,
+    PutOutcome, Reply, RunnerId, RunnerMark, Timestamp,
 };
 
 /// Requests waiting for the driver. A full queue makes handlers wait: backpressure, not loss.
@@ -85,6 +85,10 @@ enum Command {
         input: Input,
         reply: oneshot::Sender<Reply>,
     },
+    Claim {
+        input: Input,
+        reply: ClaimWaiter,
+    },
     Put {
         id: EnvironmentId,
         spec: EnvironmentSpec,
@@ -98,6 +102,12 @@ enum Command {
 }
 
 enum Outcome {
+    /// A claim mark was written (`Ok`) or not (the error).
+    ClaimMarked {
+        runner: RunnerId,
+        lease: Lease,
+        result: Result<(), String>,
+    },
     Registered {
         id: EnvironmentId,
         version: u64,
@@ -118,6 +128,20 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// Why a claim was not handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimFailure {
+    /// The backend could not persist the claim, so it was withdrawn: a claim is answered only
+    /// once a restarted server would recover it.
+    #[error("the claim could not be persisted: {0}")]
+    NotDurable(String),
+    /// The driver is gone (the server is shutting down).
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
+type ClaimWaiter = oneshot::Sender<Result<Reply, ClaimFailure>>;
+
 /// The driver has stopped; the server is shutting down.
 #[derive(Clone, Copy, Debug, thiserror::Error)]
 #[error("the server is shutting down")]
@@ -132,6 +156,18 @@ impl ManagerHandle {
             .await
             .map_err(|_| Stopped)?;
         answer.await.map_err(|_| Stopped)
+    }
+
+    /// Claims a runner (`input` is an [`Input::Claim`]): the reply comes once the backend has
+    /// persisted the claim, so that a restarted server recovers every claim it ever answered.
+    /// Any other input is applied as [`ManagerHandle::apply`] does.
+    pub async fn claim(&self, input: Input) -> Result<Reply, ClaimFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Claim { input, reply })
+            .await
+            .map_err(|_| ClaimFailure::Stopped)?;
+        answer.await.map_err(|_| ClaimFailure::Stopped)?
     }
 
     /// Puts an environment and waits until the backend registered it (or refused).
@@ -219,6 +255,7 @@ pub fn spawn<E: Executor>(
         backlog: VecDeque::new(),
         put_waiters: BTreeMap::new(),
         leases: BTreeMap::new(),
+        claim_waiters: BTreeMap::new(),
     };
     let task = tokio::spawn(driver.run(shutdown));
     (
@@ -248,6 +285,8 @@ struct Driver<E: Executor> {
     put_waiters: BTreeMap<EnvironmentId, Vec<(u64, PutOutcome, PutWaiter)>>,
     /// Claimed runners whose executions want to hear when the lease ends.
     leases: BTreeMap<RunnerId, watch::Sender<Option<LeaseEndCause>>>,
+    /// Claims answered once their mark is written: (lease, the reply, who waits for it).
+    claim_waiters: BTreeMap<RunnerId, (Lease, Reply, ClaimWaiter)>,
 }
 
 impl<E: Executor> Driver<E> {
@@ -326,6 +365,21 @@ impl<E: Executor> Driver<E> {
                 let reply_value = self.manager.apply(now, input);
                 let _ = reply.send(reply_value);
             }
+            Command::Claim { input, reply } => {
+                let reply_value = self.manager.apply(now, input);
+                let Reply::Claim(Ok(claimed)) = &reply_value else {
+                    let _ = reply.send(Ok(reply_value));
+                    return;
+                };
+                let (runner, lease) = (claimed.runner, claimed.lease);
+                if self.start_claim_mark(runner, lease) {
+                    self.claim_waiters
+                        .insert(runner, (lease, reply_value, reply));
+                } else {
+                    // Nothing to persist (the manager asked for no mark): answer at once.
+                    let _ = reply.send(Ok(reply_value));
+                }
+            }
             Command::Put { id, spec, reply } => {
                 match self.manager.put_environment(now, id, spec) {
                     Ok(PutOutcome::Unchanged) => {
@@ -360,6 +414,33 @@ impl<E: Executor> Driver<E> {
                 });
                 let _ = reply.send(watch);
             }
+        }
+    }
+
+    /// Starts the mark effect the manager just queued for this claim at once, ahead of the
+    /// backlog and outside the in-flight bound (the claim's client is waiting for it; there is
+    /// at most one per claimed runner). Returns whether there was one.
+    fn start_claim_mark(&mut self, runner: RunnerId, lease: Lease) -> bool {
+        let mut found = None;
+        let mut effects = Vec::new();
+        while let Some(effect) = self.manager.poll_effect() {
+            match &effect {
+                Effect::MarkRunner {
+                    runner: marked,
+                    mark: RunnerMark::Claimed(claim),
+                } if *marked == runner && claim.lease == lease && found.is_none() => {
+                    found = Some(effect);
+                }
+                _ => effects.push(effect),
+            }
+        }
+        self.backlog.extend(effects);
+        match found {
+            Some(mark) => {
+                self.start(mark);
+                true
+            }
+            None => false,
         }
     }
 
@@ -408,6 +489,24 @@ impl<E: Executor> Driver<E> {
                     }
                     if waiters.is_empty() {
                         self.put_waiters.remove(&id);
+                    }
+                }
+            }
+            Outcome::ClaimMarked {
+                runner,
+                lease,
+                result,
+            } => {
+                if let Err(error) = &result {
+                    self.manager
+                        .apply(now, Input::ClaimMarkFailed { runner, lease });
+                    tracing::warn!(%runner, %error, "a claim was withdrawn: its mark was not written");
+                }
+                if let Some((waited, reply, waiter)) = self.claim_waiters.remove(&runner) {
+                    if waited == lease {
+                        let _ = waiter.send(result.map(|()| reply).map_err(ClaimFailure::NotDurable));
+                    } else {
+                        self.claim_waiters.insert(runner, (waited, reply, waiter));
                     }
                 }
             }
@@ -502,21 +601,21 @@ async fn run_effect<E: Executor>(executor: &E, effect: Effect, now: Timestamp) -
                 ok: result.is_ok(),
             }))
         }
-        Effect::MarkRunner { runner, mark } => match executor.mark_runner(runner, mark).await {
-            Ok(()) => None,
-            Err(error) => {
+        Effect::MarkRunner { runner, mark } => {
+            let result = executor.mark_runner(runner, mark).await;
+            if let Err(error) = &result {
                 tracing::warn!(%runner, %error, "persisting a runner's mark failed");
-                match mark {
-                    trident_core::RunnerMark::Claimed(claim) => {
-                        Some(Outcome::Input(Input::ClaimMarkFailed {
-                            runner,
-                            lease: claim.lease,
-                        }))
-                    }
-                    _ => None,
-                }
             }
-        },
+            match mark {
+                // Claims wait for their mark either way.
+                RunnerMark::Claimed(claim) => Some(Outcome::ClaimMarked {
+                    runner,
+                    lease: claim.lease,
+                    result: result.map_err(|error| error.to_string()),
+                }),
+                _ => None,
+            }
+        }
         Effect::RequestInventory => match executor.inventory(now).await {
             Ok(inventory) => {
                 tracing::debug!(

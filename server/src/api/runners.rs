@@ -12,6 +12,7 @@ use trident_backends::Executor;
 use trident_core::{ClaimError, EnvironmentId, Input, MappedPort, Reply, RunnerError};
 
 use super::{ApiError, AppState, ErrorCode, decode, parse_runner};
+use crate::driver::ClaimFailure;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,7 +39,19 @@ pub(super) async fn claim<E: Executor>(
         environment: EnvironmentId(body.execution_environment_id),
         inactivity_timeout: Some(Duration::from_secs(body.inactivity_timeout)),
     };
-    match state.manager.apply(input).await? {
+    // Answered once the claim is persisted: a restarted server recovers every claim it answered.
+    let reply = state
+        .manager
+        .claim(input)
+        .await
+        .map_err(|failure| match failure {
+            ClaimFailure::Stopped => ApiError::ShuttingDown,
+            ClaimFailure::NotDurable(_) => ApiError::Internal {
+                code: ErrorCode::NomadInternalServerError,
+                message: failure.to_string(),
+            },
+        })?;
+    match reply {
         Reply::Claim(Ok(claimed)) => {
             tracing::info!(runner = %claimed.runner, lease = %claimed.lease, "runner claimed");
             Ok(Json(ClaimAnswer {
