@@ -39,7 +39,7 @@ const TRIDENT_PORT: u16 = 7200;
 /// The fake Nomad's port.
 const NOMAD_PORT: u16 = 4646;
 /// Simulated time per step.
-const TICK: Duration = Duration::from_millis(10);
+const TICK: Duration = Duration::from_millis(20);
 /// A snapshot line in the trace this often.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
 /// Commands waiting for the fake's host.

@@ -169,6 +169,9 @@ pub struct Observatory {
     frames: BTreeMap<(u64, u64), u64>,
     /// Runner jobs the running Trident does not know, since when.
     untracked: BTreeMap<String, Duration>,
+    /// The cluster index and manager inspection count of the last cluster check: when neither
+    /// moved, the comparison would find the same jobs, and only their clocks need a look.
+    cluster_checked: Option<(u64, u64)>,
     /// Simulated time of the step loop.
     pub now: Duration,
 }
@@ -189,6 +192,7 @@ impl Observatory {
             handed_out: BTreeMap::new(),
             frames: BTreeMap::new(),
             untracked: BTreeMap::new(),
+            cluster_checked: None,
             now: Duration::ZERO,
         }
     }
@@ -319,27 +323,35 @@ impl Observatory {
         let (Some(nomad), Some(manager)) = (&self.nomad, &self.manager) else {
             // Trident is down: nothing to compare with; restart the clocks when it is back.
             self.untracked.clear();
+            self.cluster_checked = None;
             return;
         };
-        let census = nomad.census();
-        let mut seen = BTreeSet::new();
-        for job in census.jobs {
-            if job.stopped || job.status == "dead" || job.id.starts_with("template-") {
-                continue;
+        let checked = (nomad.peek_index(), self.counters.inspections);
+        if self.cluster_checked != Some(checked) {
+            self.cluster_checked = Some(checked);
+            let census = nomad.census();
+            let mut seen = BTreeSet::new();
+            for job in census.jobs {
+                if job.stopped || job.status == "dead" || job.id.starts_with("template-") {
+                    continue;
+                }
+                if !manager.runners.contains(&job.id) {
+                    seen.insert(job.id);
+                }
             }
-            if !manager.runners.contains(&job.id) {
-                seen.insert(job.id);
+            self.untracked.retain(|job, _| seen.contains(job));
+            let now = self.now;
+            for job in seen {
+                self.untracked.entry(job).or_insert(now);
             }
         }
-        self.untracked.retain(|job, _| seen.contains(job));
         let now = self.now;
         let mut overdue = Vec::new();
-        for job in seen {
-            let since = self.untracked.entry(job.clone()).or_insert(now);
+        for (job, since) in &mut self.untracked {
             if now.saturating_sub(*since) >= ORPHAN_GRACE {
                 // Reported once per grace period, not once per step.
                 *since = now;
-                overdue.push(job);
+                overdue.push(job.clone());
             }
         }
         for job in overdue {

@@ -259,6 +259,16 @@ impl FakeNomad {
             .census()
     }
 
+    /// The current raft index, read without touching the fake's clock (so the simulation's step
+    /// loop, outside every runtime, may call it).
+    pub fn peek_index(&self) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .index()
+    }
+
     /// The current raft index.
     pub fn index(&self) -> u64 {
         self.lock().index()
