@@ -135,6 +135,9 @@ pub enum ClaimFailure {
     /// once a restarted server would recover it.
     #[error("the claim could not be persisted: {0}")]
     NotDurable(String),
+    /// The runner went away (its lease ended) while the claim was being persisted.
+    #[error("the runner went away while the claim was being persisted")]
+    Withdrawn,
     /// The driver is gone (the server is shutting down).
     #[error("the server is shutting down")]
     Stopped,
@@ -504,7 +507,18 @@ impl<E: Executor> Driver<E> {
                 }
                 if let Some((waited, reply, waiter)) = self.claim_waiters.remove(&runner) {
                     if waited == lease {
-                        let _ = waiter.send(result.map(|()| reply).map_err(ClaimFailure::NotDurable));
+                        // A runner whose lease ended meanwhile (it went down, say) is not handed
+                        // out: its client could only get 410s from it.
+                        let current = self
+                            .manager
+                            .claimed_runner(runner)
+                            .is_some_and(|(claimed, _)| claimed == lease);
+                        let answer = match result {
+                            Ok(()) if current => Ok(reply),
+                            Ok(()) => Err(ClaimFailure::Withdrawn),
+                            Err(error) => Err(ClaimFailure::NotDurable(error)),
+                        };
+                        let _ = waiter.send(answer);
                     } else {
                         self.claim_waiters.insert(runner, (waited, reply, waiter));
                     }

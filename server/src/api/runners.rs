@@ -46,7 +46,7 @@ pub(super) async fn claim<E: Executor>(
         .await
         .map_err(|failure| match failure {
             ClaimFailure::Stopped => ApiError::ShuttingDown,
-            ClaimFailure::NotDurable(_) => ApiError::Internal {
+            ClaimFailure::NotDurable(_) | ClaimFailure::Withdrawn => ApiError::Internal {
                 code: ErrorCode::NomadInternalServerError,
                 message: failure.to_string(),
             },
