@@ -6,7 +6,6 @@
 //! the bytes of every text frame go to stdin; a binary frame stops the input silently; a close
 //! frame cancels the execution.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,13 +18,14 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
-use trident_backends::{ExecutionEvent, ExecutionRequest, Executor, RunningExecution};
+use trident_backends::{ExecutionEvent, Executor, RunningExecution};
 use trident_core::{DownCause, ExecutionId, Input, LeaseEndCause, RunnerId};
 
+use super::bodies::{ClientAction, ClientFrame, ClientInput, ExecuteBody};
 use super::{ApiError, AppState, PENDING_EXECUTIONS_PER_RUNNER_MAX, Query, claimed_runner, decode};
 
 /// How long a command may take to stop after the interrupt, before its process tree is killed.
@@ -34,20 +34,6 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 const OOM_MESSAGE: &str = "the allocation was OOM Killed";
 const STOPPED_MESSAGE: &str = "the allocation stopped as expected";
 const GENERIC_MESSAGE: &str = "Error executing the request";
-
-/// `POST /execute`'s body.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ExecuteBody {
-    command: String,
-    #[serde(default)]
-    privileged_execution: bool,
-    /// Seconds; 0 means no limit.
-    #[serde(default)]
-    time_limit: u64,
-    #[serde(default)]
-    environment: BTreeMap<String, String>,
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -192,20 +178,13 @@ async fn run<E: Executor>(
     };
     let _ = send(&mut sink, &ServerMessage::Start).await;
 
-    let request = ExecutionRequest {
-        command: body.command,
-        environment: body.environment.into_iter().collect(),
-        privileged: body.privileged_execution,
-    };
-    let ending = match state.executor.execute(runner, request).await {
+    let ending = match state.executor.execute(runner, body.request()).await {
         Err(error) => {
             tracing::warn!(%error, "the execution could not start");
             Ending::Failed
         }
         Ok(mut process) => {
-            let deadline = (body.time_limit > 0)
-                // tokio's clock, which the simulation controls.
-                .then(|| tokio::time::Instant::now() + Duration::from_secs(body.time_limit));
+            let deadline = body.deadline(Instant::now());
             // The input pump owns the reading half; it ends by itself when the client closes,
             // and is aborted when the execution ends first.
             let (closed_tx, mut closed) = oneshot::channel();
@@ -323,18 +302,22 @@ async fn pump_input(
     stdin: tokio::sync::mpsc::Sender<bytes::Bytes>,
     closed: oneshot::Sender<()>,
 ) {
-    let mut forwarding = true;
-    while let Some(message) = stream.next().await {
-        match message {
-            Ok(Message::Text(text)) if forwarding => {
-                let bytes = bytes::Bytes::copy_from_slice(text.as_bytes());
+    let mut input = ClientInput::default();
+    while let Some(Ok(message)) = stream.next().await {
+        let frame = match &message {
+            Message::Text(text) => ClientFrame::Text(text.as_str()),
+            Message::Binary(_) => ClientFrame::Binary,
+            Message::Close(_) => ClientFrame::Close,
+            Message::Ping(_) | Message::Pong(_) => ClientFrame::Control,
+        };
+        match input.on_frame(frame) {
+            ClientAction::Stdin(bytes) => {
                 if stdin.send(bytes).await.is_err() {
-                    forwarding = false;
+                    input.stop();
                 }
             }
-            Ok(Message::Binary(_)) => forwarding = false,
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => {}
+            ClientAction::Ignore => {}
+            ClientAction::Closed => break,
         }
     }
     let _ = closed.send(());

@@ -7,11 +7,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::io::ReaderStream;
-use trident_backends::{Executor, FileHeader, FileUpdate};
+use trident_backends::{Executor, FileHeader};
 
+use super::bodies::UpdateBody;
 use super::{ApiError, AppState, Query, claimed_runner, decode, flag, touch};
 
 #[derive(Serialize)]
@@ -38,21 +38,6 @@ pub(super) async fn list<E: Executor>(
     Ok(Json(Listing { files }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct UpdateBody {
-    delete: Vec<String>,
-    copy: Vec<CopyBody>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct CopyBody {
-    path: String,
-    /// Base64; missing means an empty file.
-    content: String,
-}
-
 /// Deletes, then copies. Contents are base64 (a bad encoding is a 400 and nothing is changed).
 pub(super) async fn update<E: Executor>(
     State(state): State<Arc<AppState<E>>>,
@@ -61,27 +46,9 @@ pub(super) async fn update<E: Executor>(
 ) -> Result<StatusCode, ApiError> {
     // The runner is looked up after the body was read (Poseidon's issue #54).
     let runner = claimed_runner(&state, &runner).await?;
-    let body: UpdateBody = decode(&body)?;
-    let mut copy = Vec::with_capacity(body.copy.len());
-    for file in body.copy {
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(file.content.as_bytes())
-            .map_err(|error| {
-                ApiError::BadRequest(format!("content of {:?} is not base64: {error}", file.path))
-            })?;
-        copy.push((file.path, content));
-    }
+    let update = decode::<UpdateBody>(&body)?.into_update()?;
     touch(&state, runner).await?;
-    state
-        .executor
-        .update_files(
-            runner,
-            FileUpdate {
-                delete: body.delete,
-                copy,
-            },
-        )
-        .await?;
+    state.executor.update_files(runner, update).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -4,6 +4,7 @@
 //! Poseidon's bodies: `{"message"}` for client errors, `{"message","errorCode"}` for server
 //! errors.
 
+pub mod bodies;
 mod environments;
 mod executions;
 mod files;
@@ -25,6 +26,7 @@ use trident_backends::Executor;
 use trident_core::{ExecutionId, IdSource, RunnerId};
 
 use crate::driver::{ManagerHandle, Stopped};
+use bodies::decode;
 
 /// What every handler shares.
 pub struct AppState<E> {
@@ -54,7 +56,7 @@ impl<E> std::fmt::Debug for AppState<E> {
 /// time limit until used or until the runner goes; so does Trident, but with a bound.
 #[derive(Debug, Default)]
 pub struct PendingExecutions {
-    by_id: BTreeMap<ExecutionId, (RunnerId, executions::ExecuteBody)>,
+    by_id: BTreeMap<ExecutionId, (RunnerId, bodies::ExecuteBody)>,
 }
 
 /// Pending executions one runner may have.
@@ -265,13 +267,6 @@ async fn claimed_runner<E: Executor>(
     } else {
         Err(ApiError::RunnerGone)
     }
-}
-
-/// Decodes a JSON body leniently, as Go's `encoding/json` does for Poseidon: unknown fields are
-/// ignored; an empty body, bad JSON or a type mismatch is a 400.
-fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|error| ApiError::BadRequest(format!("invalid JSON: {error}")))
 }
 
 /// A sign of life on a runner, for its inactivity timer. A runner released meanwhile is no

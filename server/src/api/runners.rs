@@ -1,25 +1,17 @@
 //! `POST /runners` (claim) and `DELETE /runners/{id}` (release).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use trident_backends::Executor;
-use trident_core::{ClaimError, EnvironmentId, Input, MappedPort, Reply, RunnerError};
+use trident_core::{ClaimError, Input, MappedPort, Reply, RunnerError};
 
+use super::bodies::ClaimBody;
 use super::{ApiError, AppState, ErrorCode, decode, parse_runner};
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ClaimBody {
-    execution_environment_id: u64,
-    #[serde(default)]
-    inactivity_timeout: u64,
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,11 +26,7 @@ pub(super) async fn claim<E: Executor>(
     body: Bytes,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
     let body: ClaimBody = decode(&body)?;
-    let input = Input::Claim {
-        environment: EnvironmentId(body.execution_environment_id),
-        inactivity_timeout: Some(Duration::from_secs(body.inactivity_timeout)),
-    };
-    match state.manager.apply(input).await? {
+    match state.manager.apply(body.input()).await? {
         Reply::Claim(Ok(claimed)) => {
             tracing::info!(runner = %claimed.runner, lease = %claimed.lease, "runner claimed");
             Ok(Json(ClaimAnswer {
