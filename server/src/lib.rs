@@ -12,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod limits;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -72,6 +73,10 @@ pub struct ServerOptions {
     pub ids: IdFactory,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Connections, and how long a request's head and body may take (see [`limits`]).
+    pub http: limits::HttpLimits,
+    /// Files per update, output per execution, WebSocket message size (see [`limits`]).
+    pub api: limits::ApiLimits,
 }
 
 impl Default for ServerOptions {
@@ -84,6 +89,8 @@ impl Default for ServerOptions {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ids: IdFactory(Arc::new(|| Box::new(OsIds))),
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
+            http: limits::HttpLimits::default(),
+            api: limits::ApiLimits::default(),
         }
     }
 }
@@ -148,14 +155,17 @@ where
         version: options.version,
         pending_executions: Mutex::new(api::PendingExecutions::default()),
         ids: Mutex::new((options.ids.0)()),
+        limits: options.api,
     });
     let router =
         api::router(state).layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));
     let stop = shutdown.clone();
+    let http = limits::HttpLimits {
+        body_bytes_max: options.max_body_bytes,
+        ..options.http
+    };
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = limits::serve(listener, router, http, stop).await;
         let _ = driver.await;
         served
     });

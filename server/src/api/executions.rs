@@ -30,6 +30,12 @@ use super::{ApiError, AppState, PENDING_EXECUTIONS_PER_RUNNER_MAX, Query, claime
 
 /// How long a command may take to stop after the interrupt, before its process tree is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// How long the client may take to accept a message outside the output loop (`start`, the
+/// ending, the close): one that stopped reading must not hold the execution's task forever.
+const LAST_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Stdin is queued in pieces of at most this many bytes, so that the queue's bound of
+/// `STDIN_QUEUE` pieces bounds bytes, not messages.
+const STDIN_PIECE_BYTES: usize = 8 * 1024;
 /// Poseidon's error texts; CodeOcean matches the OOM one exactly.
 const OOM_MESSAGE: &str = "the allocation was OOM Killed";
 const STOPPED_MESSAGE: &str = "the allocation stopped as expected";
@@ -52,6 +58,9 @@ pub(super) async fn execute<E: Executor>(
 ) -> Result<Json<ExecuteAnswer>, ApiError> {
     let runner = claimed_runner(&state, &runner).await?;
     let body: ExecuteBody = decode(&body)?;
+    if let Some(problem) = unrunnable(&body) {
+        return Err(ApiError::BadRequest(problem));
+    }
     let execution = {
         let mut ids = state
             .ids
@@ -113,12 +122,33 @@ pub(super) async fn websocket<E: Executor>(
         return Ok(StatusCode::FORBIDDEN.into_response());
     }
     let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
+        // A larger message closes the WebSocket with 1009 (message too big).
+        Ok(upgrade) => upgrade
+            .max_message_size(state.limits.websocket_message_bytes_max)
+            .max_frame_size(state.limits.websocket_message_bytes_max),
         Err(rejection) => return Ok(rejection.into_response()),
     };
+
     let span = tracing::info_span!("execution", %runner, %execution);
     Ok(upgrade
         .on_upgrade(move |socket| run(state, runner, execution, body, socket).instrument(span)))
+}
+
+/// Why a command cannot be run, if it cannot: `execve` takes no NUL byte, and a variable needs
+/// a name without `=`. Refused here with a 400 rather than failing once the WebSocket is open.
+fn unrunnable(body: &ExecuteBody) -> Option<String> {
+    if body.command.contains('\0') {
+        return Some("the command contains a NUL byte".into());
+    }
+    body.environment.iter().find_map(|(name, value)| {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            Some(format!("{name:?} is not a valid environment variable name"))
+        } else if value.contains('\0') {
+            Some(format!("the value of {name:?} contains a NUL byte"))
+        } else {
+            None
+        }
+    })
 }
 
 /// Whether the `Origin` header, if any, names the `Host` the request was sent to.
@@ -156,6 +186,8 @@ enum Ending {
     LeaseEnded(LeaseEndCause),
     ClientClosed,
     Failed,
+    /// The output passed this many bytes.
+    OutputLimit(u64),
 }
 
 async fn run<E: Executor>(
@@ -172,11 +204,11 @@ async fn run<E: Executor>(
         .await;
     let lease = state.manager.watch_lease(runner).await.ok().flatten();
     let (Ok(trident_core::Reply::Runner(Ok(()))), Some(mut lease)) = (started, lease) else {
-        let _ = send(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
-        let _ = sink.send(close_normal()).await;
+        let _ = send_bounded(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
+        let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, sink.send(close_normal())).await;
         return;
     };
-    let _ = send(&mut sink, &ServerMessage::Start).await;
+    let _ = send_bounded(&mut sink, &ServerMessage::Start).await;
 
     let ending = match state.executor.execute(runner, body.request()).await {
         Err(error) => {
@@ -189,8 +221,20 @@ async fn run<E: Executor>(
             // and is aborted when the execution ends first.
             let (closed_tx, mut closed) = oneshot::channel();
             let pump = tokio::spawn(pump_input(stream, process.stdin(), closed_tx));
-            let ending =
-                pump_output(&mut process, &mut sink, deadline, &mut lease, &mut closed).await;
+            let watch = Watch {
+                deadline,
+                lease: &mut lease,
+                lease_open: true,
+                closed: &mut closed,
+            };
+            let ending = pump_output(
+                &mut process,
+                &mut sink,
+                watch,
+                state.limits.output_bytes_max,
+            )
+            .await;
+
             pump.abort();
             if !matches!(ending, Ending::Exited(_)) {
                 stop(&mut process, &ending).await;
@@ -199,6 +243,12 @@ async fn run<E: Executor>(
         }
     };
     tracing::info!(?ending, "execution ended");
+    let output_limit_message = match &ending {
+        Ending::OutputLimit(bytes) => {
+            format!("the output exceeded the limit of {bytes} bytes; the command was killed")
+        }
+        _ => String::new(),
+    };
     let message = match &ending {
         Ending::Exited(code) => Some(ServerMessage::Exit(*code)),
         Ending::TimeLimit | Ending::LeaseEnded(LeaseEndCause::InactivityTimeout) => {
@@ -211,73 +261,122 @@ async fn run<E: Executor>(
             LeaseEndCause::Released | LeaseEndCause::Backend(DownCause::Completed),
         ) => Some(ServerMessage::Error(STOPPED_MESSAGE)),
         Ending::LeaseEnded(_) | Ending::Failed => Some(ServerMessage::Error(GENERIC_MESSAGE)),
+        Ending::OutputLimit(_) => Some(ServerMessage::Error(&output_limit_message)),
         Ending::ClientClosed => None,
     };
     if let Some(message) = message {
-        let _ = send(&mut sink, &message).await;
+        let _ = send_bounded(&mut sink, &message).await;
     }
-    let _ = sink.send(close_normal()).await;
-    let _ = sink.close().await;
+    // A client that stopped reading must not hold the execution's task forever.
+    let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, async {
+        let _ = sink.send(close_normal()).await;
+        let _ = sink.close().await;
+    })
+    .await;
     let _ = state
         .manager
         .apply(Input::ExecutionFinished { runner, execution })
         .await;
 }
 
-/// Forwards output until the command exits, the time limit passes, the lease ends or the client
-/// closes, whichever comes first.
+/// What ends an execution besides its own exit: the time limit, the end of the lease, the
+/// client's close.
+struct Watch<'a> {
+    deadline: Option<Instant>,
+    lease: &'a mut crate::driver::LeaseWatch,
+    lease_open: bool,
+    closed: &'a mut oneshot::Receiver<()>,
+}
+
+impl Watch<'_> {
+    /// Resolves when one of the endings happens (never, if none can).
+    async fn ending(&mut self) -> Ending {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut *self.closed => return Ending::ClientClosed,
+                changed = self.lease.changed(), if self.lease_open => match changed {
+                    Ok(()) => {
+                        if let Some(cause) = *self.lease.borrow() {
+                            return Ending::LeaseEnded(cause);
+                        }
+                    }
+                    Err(_) => self.lease_open = false,
+                },
+                () = sleep_until(self.deadline) => return Ending::TimeLimit,
+            }
+        }
+    }
+}
+
+/// Forwards output until the command exits, the time limit passes, the lease ends, the client
+/// closes or the output passes `output_bytes_max`, whichever comes first. Waiting for a slow
+/// client to take a message is no escape from the others: a client that stops reading still
+/// meets the time limit and the lease's end.
 async fn pump_output<X: RunningExecution>(
     process: &mut X,
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    deadline: Option<Instant>,
-    lease: &mut crate::driver::LeaseWatch,
-    closed: &mut oneshot::Receiver<()>,
+    mut watch: Watch<'_>,
+    output_bytes_max: Option<u64>,
 ) -> Ending {
     let mut stdout = Utf8Chunks::default();
     let mut stderr = Utf8Chunks::default();
-    let mut lease_open = true;
+    let mut output_bytes: u64 = 0;
     loop {
+        let event = tokio::select! {
+            biased;
+            event = process.next_event() => event,
+            ending = watch.ending() => return ending,
+        };
+        let text = match event {
+            Some(ExecutionEvent::Stdout(bytes) | ExecutionEvent::Stderr(bytes))
+                if output_bytes_max
+                    .is_some_and(|max| output_bytes.saturating_add(bytes.len() as u64) > max) =>
+            {
+                return Ending::OutputLimit(output_bytes_max.unwrap_or_default());
+            }
+            Some(ExecutionEvent::Stdout(bytes)) => {
+                output_bytes += bytes.len() as u64;
+                ServerText::Stdout(stdout.push(&bytes))
+            }
+            Some(ExecutionEvent::Stderr(bytes)) => {
+                output_bytes += bytes.len() as u64;
+                ServerText::Stderr(stderr.push(&bytes))
+            }
+            Some(ExecutionEvent::Exited(code)) => return Ending::Exited(code),
+            Some(ExecutionEvent::Gone) | None => {
+                return match *watch.lease.borrow() {
+                    Some(cause) => Ending::LeaseEnded(cause),
+                    None => Ending::Failed,
+                };
+            }
+        };
+        let message = match &text {
+            ServerText::Stdout(text) if !text.is_empty() => ServerMessage::Stdout(text),
+            ServerText::Stderr(text) if !text.is_empty() => ServerMessage::Stderr(text),
+            _ => continue,
+        };
         tokio::select! {
             biased;
-            event = process.next_event() => match event {
-                Some(ExecutionEvent::Stdout(bytes)) => {
-                    let text = stdout.push(&bytes);
-                    if !text.is_empty() && send(sink, &ServerMessage::Stdout(&text)).await.is_err() {
-                        return Ending::ClientClosed;
-                    }
-                }
-                Some(ExecutionEvent::Stderr(bytes)) => {
-                    let text = stderr.push(&bytes);
-                    if !text.is_empty() && send(sink, &ServerMessage::Stderr(&text)).await.is_err() {
-                        return Ending::ClientClosed;
-                    }
-                }
-                Some(ExecutionEvent::Exited(code)) => return Ending::Exited(code),
-                Some(ExecutionEvent::Gone) | None => {
-                    return match *lease.borrow() {
-                        Some(cause) => Ending::LeaseEnded(cause),
-                        None => Ending::Failed,
-                    };
-                }
+            sent = send(sink, &message) => if sent.is_err() {
+                return Ending::ClientClosed;
             },
-            _ = &mut *closed => return Ending::ClientClosed,
-            changed = lease.changed(), if lease_open => match changed {
-                Ok(()) => {
-                    if let Some(cause) = *lease.borrow() {
-                        return Ending::LeaseEnded(cause);
-                    }
-                }
-                Err(_) => lease_open = false,
-            },
-            () = sleep_until(deadline) => return Ending::TimeLimit,
+            ending = watch.ending() => return ending,
         }
     }
+}
+
+/// A chunk of output text, by stream.
+enum ServerText {
+    Stdout(String),
+    Stderr(String),
 }
 
 /// Stops a command that did not exit by itself: interrupt as Ctrl-\ does (unless the runner is
 /// gone anyway), then kill the process tree after a grace period.
 async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
-    if !matches!(ending, Ending::LeaseEnded(_)) {
+    // A runaway output is killed at once: an interrupt would leave it time to write more.
+    if !matches!(ending, Ending::LeaseEnded(_) | Ending::OutputLimit(_)) {
         process.interrupt();
         let exited = tokio::time::timeout(INTERRUPT_GRACE, async {
             while let Some(event) = process.next_event().await {
@@ -312,8 +411,15 @@ async fn pump_input(
         };
         match input.on_frame(frame) {
             ClientAction::Stdin(bytes) => {
-                if stdin.send(bytes).await.is_err() {
-                    input.stop();
+                for piece in bytes.chunks(STDIN_PIECE_BYTES) {
+                    if stdin
+                        .send(bytes::Bytes::copy_from_slice(piece))
+                        .await
+                        .is_err()
+                    {
+                        input.stop();
+                        break;
+                    }
                 }
             }
             ClientAction::Ignore => {}
@@ -321,6 +427,20 @@ async fn pump_input(
         }
     }
     let _ = closed.send(());
+}
+
+/// [`send`] for messages outside the output loop, bounded by [`LAST_SEND_TIMEOUT`].
+async fn send_bounded(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: &ServerMessage<'_>,
+) -> Result<(), axum::Error> {
+    tokio::time::timeout(LAST_SEND_TIMEOUT, send(sink, message))
+        .await
+        .unwrap_or_else(|_| {
+            Err(axum::Error::new(
+                "the client did not take the message in time",
+            ))
+        })
 }
 
 async fn send(

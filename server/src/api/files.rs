@@ -46,8 +46,17 @@ pub(super) async fn update<E: Executor>(
 ) -> Result<StatusCode, ApiError> {
     // The runner is looked up after the body was read (Poseidon's issue #54).
     let runner = claimed_runner(&state, &runner).await?;
-    let update = decode::<UpdateBody>(&body)?.into_update()?;
+    let body = decode::<UpdateBody>(&body)?;
+    let files = body.delete.len() + body.copy.len();
+    let files_max = state.limits.files_per_update_max;
+    if files > files_max {
+        return Err(ApiError::BadRequest(format!(
+            "the update names {files} files; at most {files_max} are allowed in one request"
+        )));
+    }
+    let update = body.into_update()?;
     touch(&state, runner).await?;
+
     state.executor.update_files(runner, update).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -44,6 +44,8 @@ pub struct AppState<E> {
     pub pending_executions: Mutex<PendingExecutions>,
     /// Fresh execution ids.
     pub ids: Mutex<Box<dyn IdSource>>,
+    /// Files per update, output per execution, WebSocket message size.
+    pub limits: crate::limits::ApiLimits,
 }
 
 impl<E> std::fmt::Debug for AppState<E> {
