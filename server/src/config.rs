@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::limits::{self, ApiLimits, HttpLimits};
+use crate::monitoring::influx::{DEFAULT_BUFFER_POINTS, InfluxConfig};
 
 /// The default request body limit: CodeOcean has been seen sending 60 MB of files in one
 /// request (Poseidon's issue #591), so 64 MiB.
@@ -134,6 +135,31 @@ pub struct Cli {
     /// Nomad backend: the namespace of Trident's jobs [default: Nomad's `default`].
     #[arg(long, env = "TRIDENT_NOMAD_NAMESPACE", value_name = "NAME")]
     pub nomad_namespace: Option<String>,
+    /// Write Poseidon's measurements to this InfluxDB 2 server (its base URL; VictoriaMetrics
+    /// works too) [default: none, no InfluxDB].
+    #[arg(long, env = "TRIDENT_INFLUXDB_URL", value_name = "URL")]
+    pub influxdb_url: Option<String>,
+    /// InfluxDB: the organisation (required with --influxdb-url).
+    #[arg(long, env = "TRIDENT_INFLUXDB_ORG", value_name = "ORG")]
+    pub influxdb_org: Option<String>,
+    /// InfluxDB: the bucket (required with --influxdb-url).
+    #[arg(long, env = "TRIDENT_INFLUXDB_BUCKET", value_name = "BUCKET")]
+    pub influxdb_bucket: Option<String>,
+    /// InfluxDB: the API token.
+    #[arg(
+        long,
+        env = "TRIDENT_INFLUXDB_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub influxdb_token: Option<String>,
+    /// InfluxDB: the `stage` tag of every point [default: empty].
+    #[arg(long, env = "TRIDENT_INFLUXDB_STAGE", value_name = "STAGE")]
+    pub influxdb_stage: Option<String>,
+    /// InfluxDB: points buffered while a write is in flight; more are dropped and counted
+    /// [default: 10000].
+    #[arg(long, env = "TRIDENT_INFLUXDB_BUFFER_POINTS", value_name = "POINTS")]
+    pub influxdb_buffer_points: Option<usize>,
 }
 
 /// The configuration file's shape; every key is optional.
@@ -159,6 +185,12 @@ pub struct FileConfig {
     nomad_address: Option<String>,
     nomad_token: Option<String>,
     nomad_namespace: Option<String>,
+    influxdb_url: Option<String>,
+    influxdb_org: Option<String>,
+    influxdb_bucket: Option<String>,
+    influxdb_token: Option<String>,
+    influxdb_stage: Option<String>,
+    influxdb_buffer_points: Option<usize>,
     /// Local backend: image name → root file system directory (only in the file).
     images: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
@@ -197,6 +229,8 @@ pub struct Config {
     pub nomad_token: Option<String>,
     /// Nomad backend: the namespace.
     pub nomad_namespace: Option<String>,
+    /// InfluxDB, if configured (an URL is set).
+    pub influx: Option<InfluxConfig>,
     /// Local backend: image name → root file system directory; other images run on the host's
     /// root file system, read-only. Set in the configuration file's `[images]` table.
     pub images: std::collections::BTreeMap<String, PathBuf>,
@@ -248,8 +282,10 @@ impl Config {
                 "depleting_threshold must be between 0 and 1, got {depleting_threshold}"
             )));
         }
+        let influx = Config::influx(cli, &file)?;
         let (http, api) = Config::limits(cli, &file)?;
         Ok(Config {
+            influx,
             http,
             api,
             config_file: None,
@@ -291,6 +327,43 @@ impl Config {
             nomad_token: cli.nomad_token.clone().or(file.nomad_token),
             nomad_namespace: cli.nomad_namespace.clone().or(file.nomad_namespace),
         })
+    }
+}
+
+impl Config {
+    fn influx(cli: &Cli, file: &FileConfig) -> Result<Option<InfluxConfig>, ConfigError> {
+        let pick = |flag: &Option<String>, key: &Option<String>| {
+            flag.clone()
+                .or_else(|| key.clone())
+                .filter(|value| !value.is_empty())
+        };
+        let Some(url) = pick(&cli.influxdb_url, &file.influxdb_url) else {
+            return Ok(None);
+        };
+        let org = pick(&cli.influxdb_org, &file.influxdb_org);
+        let bucket = pick(&cli.influxdb_bucket, &file.influxdb_bucket);
+        let (Some(org), Some(bucket)) = (org, bucket) else {
+            return Err(ConfigError::Invalid(
+                "influxdb_url is set: influxdb_org and influxdb_bucket are required too".into(),
+            ));
+        };
+        let buffer_points = cli
+            .influxdb_buffer_points
+            .or(file.influxdb_buffer_points)
+            .unwrap_or(DEFAULT_BUFFER_POINTS);
+        if buffer_points == 0 {
+            return Err(ConfigError::Invalid(
+                "influxdb_buffer_points must be at least 1".into(),
+            ));
+        }
+        Ok(Some(InfluxConfig {
+            url,
+            org,
+            bucket,
+            token: pick(&cli.influxdb_token, &file.influxdb_token),
+            stage: pick(&cli.influxdb_stage, &file.influxdb_stage).unwrap_or_default(),
+            buffer_points,
+        }))
     }
 }
 
@@ -429,6 +502,32 @@ mod tests {
         assert_eq!(
             config.images.get("python:3.12"),
             Some(&PathBuf::from("/srv/rootfs/python"))
+        );
+    }
+
+    #[test]
+    fn influxdb_is_off_without_an_url_and_needs_org_and_bucket_with_one() {
+        let config = Config::merge(&Cli::default(), FileConfig::default()).expect("valid");
+        assert_eq!(config.influx, None);
+        let cli = Cli::try_parse_from(["trident", "--influxdb-url", "http://127.0.0.1:8086"])
+            .expect("valid flags");
+        assert!(matches!(
+            Config::merge(&cli, FileConfig::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+        let config = Config::merge(
+            &cli,
+            file("influxdb_org = \"o\"\ninfluxdb_bucket = \"b\"\ninfluxdb_token = \"t\""),
+        )
+        .expect("valid");
+        let influx = config.influx.expect("configured");
+        assert_eq!(influx.url, "http://127.0.0.1:8086");
+        assert_eq!((influx.org.as_str(), influx.bucket.as_str()), ("o", "b"));
+        assert_eq!(influx.token.as_deref(), Some("t"));
+        assert_eq!(influx.buffer_points, DEFAULT_BUFFER_POINTS);
+        assert!(
+            !format!("{influx:?}").contains("\"t\""),
+            "the token stays out of debug output"
         );
     }
 

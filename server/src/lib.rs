@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod limits;
+pub mod monitoring;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -77,6 +78,9 @@ pub struct ServerOptions {
     pub http: limits::HttpLimits,
     /// Files per update, output per execution, WebSocket message size (see [`limits`]).
     pub api: limits::ApiLimits,
+    /// Where Poseidon's InfluxDB measurements go; `None` writes none (Prometheus' `/metrics`
+    /// is always served).
+    pub influx: Option<monitoring::influx::InfluxConfig>,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +95,7 @@ impl Default for ServerOptions {
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             http: limits::HttpLimits::default(),
             api: limits::ApiLimits::default(),
+            influx: None,
         }
     }
 }
@@ -140,13 +145,30 @@ where
 {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    // The InfluxDB writer outlives the HTTP server and the driver: it is stopped after them,
+    // so their last points are flushed.
+    let monitoring_stop = CancellationToken::new();
+    let (monitor, influx_writer) =
+        monitoring::Monitor::start(options.influx.as_ref(), monitoring_stop.clone())
+            .map_err(std::io::Error::other)?;
+    let monitor = Arc::new(monitor);
     let manager = Manager::new(options.manager, (options.ids.0)());
     let (handle, driver) = driver::spawn(
         manager,
         Arc::clone(&executor),
-        options.driver,
+        driver::DriverConfig {
+            monitor: Some(Arc::clone(&monitor)),
+            ..options.driver
+        },
         shutdown.child_token(),
     );
+    let pool_sampler = monitor.influx_enabled().then(|| {
+        tokio::spawn(monitoring::sample_pools(
+            Arc::clone(&monitor),
+            handle.clone(),
+            shutdown.child_token(),
+        ))
+    });
     let state = Arc::new(api::AppState {
         manager: handle,
         executor,
@@ -155,6 +177,7 @@ where
         version: options.version,
         pending_executions: Mutex::new(api::PendingExecutions::default()),
         ids: Mutex::new((options.ids.0)()),
+        monitor,
         limits: options.api,
     });
     let router =
@@ -167,6 +190,13 @@ where
     let task = tokio::spawn(async move {
         let served = limits::serve(listener, router, http, stop).await;
         let _ = driver.await;
+        if let Some(sampler) = pool_sampler {
+            let _ = sampler.await;
+        }
+        monitoring_stop.cancel();
+        if let Some(writer) = influx_writer {
+            let _ = writer.await;
+        }
         served
     });
     Ok(RunningServer {

@@ -87,6 +87,7 @@ async fn serve(config: Config) -> Result<(), String> {
         token: config.token.clone(),
         depleting_threshold: config.depleting_threshold,
         max_body_bytes: config.max_body_bytes,
+        influx: config.influx.clone(),
         http: config.http.clone(),
         api: config.api.clone(),
         ..ServerOptions::default()

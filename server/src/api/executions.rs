@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
@@ -17,6 +16,7 @@ use axum::extract::ws::{
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -26,7 +26,11 @@ use trident_backends::{ExecutionEvent, Executor, RunningExecution};
 use trident_core::{DownCause, ExecutionId, Input, LeaseEndCause, RunnerId};
 
 use super::bodies::{ClientAction, ClientFrame, ClientInput, ExecuteBody};
-use super::{ApiError, AppState, PENDING_EXECUTIONS_PER_RUNNER_MAX, Query, claimed_runner, decode};
+use super::{
+    ApiError, AppState, PENDING_EXECUTIONS_PER_RUNNER_MAX, Query, WEBSOCKET, claimed_runner, decode,
+};
+use crate::monitoring::RequestIds;
+use crate::monitoring::requests::RequestStart;
 
 /// How long a command may take to stop after the interrupt, before its process tree is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
@@ -68,18 +72,21 @@ pub(super) async fn execute<E: Executor>(
             .map_err(|_| ApiError::BadRequest("id source unavailable".into()))?;
         ExecutionId(ids.next_uuid())
     };
-    {
+    let waiting = {
         let mut pending = state
             .pending_executions
             .lock()
             .map_err(|_| ApiError::BadRequest("execution store unavailable".into()))?;
-        if pending.count_for(runner) >= PENDING_EXECUTIONS_PER_RUNNER_MAX {
+        let waiting = pending.count_for(runner);
+        if waiting >= PENDING_EXECUTIONS_PER_RUNNER_MAX {
             return Err(ApiError::BadRequest(format!(
                 "the runner already has {PENDING_EXECUTIONS_PER_RUNNER_MAX} executions waiting for their WebSocket"
             )));
         }
         pending.by_id.insert(execution, (runner, body));
-    }
+        waiting + 1
+    };
+    state.monitor.execution_stored(runner, execution, waiting);
     let host = headers
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())
@@ -99,8 +106,10 @@ pub(super) async fn websocket<E: Executor>(
     Path(runner): Path<String>,
     query: Query,
     headers: HeaderMap,
+    request_start: Option<Extension<RequestStart>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let request_start = request_start.map_or_else(Instant::now, |Extension(start)| start.0);
     let runner = claimed_runner(&state, &runner).await?;
     let execution: Option<ExecutionId> = query.get("executionID").and_then(|id| id.parse().ok());
     let body = {
@@ -118,6 +127,11 @@ pub(super) async fn websocket<E: Executor>(
     let (Some(execution), Some(body)) = (execution, body) else {
         return Err(ApiError::NotFound("execution id unknown".into()));
     };
+    let waiting = state
+        .pending_executions
+        .lock()
+        .map_or(0, |pending| pending.count_for(runner));
+    state.monitor.execution_taken(runner, execution, waiting);
     if !same_origin(&headers) {
         return Ok(StatusCode::FORBIDDEN.into_response());
     }
@@ -128,10 +142,30 @@ pub(super) async fn websocket<E: Executor>(
             .max_frame_size(state.limits.websocket_message_bytes_max),
         Err(rejection) => return Ok(rejection.into_response()),
     };
-
-    let span = tracing::info_span!("execution", %runner, %execution);
-    Ok(upgrade
-        .on_upgrade(move |socket| run(state, runner, execution, body, socket).instrument(span)))
+    let span = tracing::info_span!("execution", runner_id = %runner, execution_id = %execution);
+    Ok(upgrade.on_upgrade(move |socket| {
+        let connected = Instant::now();
+        async move {
+            let ending = run(Arc::clone(&state), runner, execution, body, socket).await;
+            // Poseidon measured `/websocket` over the whole execution (its handler blocked
+            // until the end); so does Trident, from the upgrade request's arrival.
+            let ids = RequestIds {
+                runner: Some(runner),
+                environment: Some(runner.environment()),
+            };
+            state.monitor.request(
+                WEBSOCKET,
+                StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+                request_start.elapsed(),
+                ids,
+                None,
+            );
+            state
+                .monitor
+                .execution_finished(ending.outcome(), connected.elapsed());
+        }
+        .instrument(span)
+    }))
 }
 
 /// Why a command cannot be run, if it cannot: `execve` takes no NUL byte, and a variable needs
@@ -178,6 +212,18 @@ enum ServerMessage<'a> {
     Error(&'a str),
 }
 
+impl Ending {
+    /// The `outcome` label of the execution-duration metric.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ending::Exited(_) => "exit",
+            Ending::TimeLimit | Ending::LeaseEnded(LeaseEndCause::InactivityTimeout) => "timeout",
+            Ending::LeaseEnded(_) | Ending::Failed | Ending::OutputLimit(_) => "error",
+            Ending::ClientClosed => "client_closed",
+        }
+    }
+}
+
 /// How an execution ended, as far as the client is told.
 #[derive(Debug)]
 enum Ending {
@@ -196,7 +242,7 @@ async fn run<E: Executor>(
     execution: ExecutionId,
     body: ExecuteBody,
     socket: WebSocket,
-) {
+) -> Ending {
     let (mut sink, stream) = socket.split();
     let started = state
         .manager
@@ -206,7 +252,7 @@ async fn run<E: Executor>(
     let (Ok(trident_core::Reply::Runner(Ok(()))), Some(mut lease)) = (started, lease) else {
         let _ = send_bounded(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
         let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, sink.send(close_normal())).await;
-        return;
+        return Ending::Failed;
     };
     let _ = send_bounded(&mut sink, &ServerMessage::Start).await;
 
@@ -277,6 +323,7 @@ async fn run<E: Executor>(
         .manager
         .apply(Input::ExecutionFinished { runner, execution })
         .await;
+    ending
 }
 
 /// What ends an execution besides its own exit: the time limit, the end of the lease, the

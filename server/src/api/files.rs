@@ -7,11 +7,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Serialize;
 use tokio_util::io::ReaderStream;
 use trident_backends::{Executor, FileHeader};
 
 use super::bodies::UpdateBody;
+use crate::monitoring::DownloadMeter;
+
 use super::{ApiError, AppState, Query, claimed_runner, decode, flag, touch};
 
 #[derive(Serialize)]
@@ -82,7 +85,15 @@ pub(super) async fn download<E: Executor>(
         "attachment; filename=\"{}\"",
         path.replace(['"', '\\', '\r', '\n'], "_")
     );
-    let mut response = Body::from_stream(ReaderStream::new(download.reader)).into_response();
+    // Measured when the body is dropped: after its last byte, or when the client went away.
+    let mut meter = DownloadMeter::new(Arc::clone(&state.monitor), runner, download.size);
+    let stream = ReaderStream::new(download.reader).map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            meter.sent(bytes.len());
+        }
+        chunk
+    });
+    let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(download.size));
     headers.insert(

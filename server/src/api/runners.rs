@@ -2,16 +2,18 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Serialize;
 use trident_backends::Executor;
 use trident_core::{ClaimError, Input, MappedPort, Reply, RunnerError};
 
 use super::bodies::ClaimBody;
 use super::{ApiError, AppState, ErrorCode, decode, parse_runner};
+use crate::monitoring::RequestIds;
+use crate::monitoring::requests::LearntIds;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,15 +26,23 @@ pub(super) struct ClaimAnswer {
 pub(super) async fn claim<E: Executor>(
     State(state): State<Arc<AppState<E>>>,
     body: Bytes,
-) -> Result<Json<ClaimAnswer>, ApiError> {
+) -> Result<(Extension<LearntIds>, Json<ClaimAnswer>), ApiError> {
     let body: ClaimBody = decode(&body)?;
     match state.manager.apply(body.input()).await? {
         Reply::Claim(Ok(claimed)) => {
             tracing::info!(runner = %claimed.runner, lease = %claimed.lease, "runner claimed");
-            Ok(Json(ClaimAnswer {
-                runner_id: claimed.runner.to_string(),
-                mapped_ports: claimed.ports,
-            }))
+            // The request's span and measurement learn the runner only now.
+            let ids = LearntIds(RequestIds {
+                runner: Some(claimed.runner),
+                environment: Some(claimed.runner.environment()),
+            });
+            Ok((
+                Extension(ids),
+                Json(ClaimAnswer {
+                    runner_id: claimed.runner.to_string(),
+                    mapped_ports: claimed.ports,
+                }),
+            ))
         }
         Reply::Claim(Err(error @ ClaimError::UnknownEnvironment)) => {
             Err(ApiError::NotFound(error.to_string()))
