@@ -131,6 +131,9 @@ impl Monitor {
         if let Some(size) = request_size {
             self.metrics.upload(size);
         }
+        if self.influx.is_none() {
+            return;
+        }
         self.point(&format!("poseidon_{route}"), || {
             let mut tags = vec![("status", status.to_string())];
             push_ids(&mut tags, ids);
