@@ -26,7 +26,10 @@
 //!   `FileNotFound`), then `cat` streams it through a bounded queue into the reader.
 //!
 //! A runner without a running allocation is `RunnerNotFound`; paths that climb out of the
-//! working directory with `..` are `BadRequest` ([`commands::check_path`]).
+//! working directory with `..` are `BadRequest` ([`commands::check_path`]). A file command whose
+//! session ends without an exit frame (`nomad-api.md` §10 row 21) is `Unavailable`, not the
+//! exit 0 Poseidon reads into it: the copy or listing may not have finished. Interactive
+//! executions keep Poseidon's reading (exit 0, logged).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -48,7 +51,9 @@ use super::commands::{self, CommandError, LsParser, StderrFifo};
 use super::connector::Connector;
 use super::evaluations::{self, EvaluationBoard};
 use super::events::{EventStream, EventStreamConfig, StreamItem};
-use super::exec::{ExecClient, ExecError, ExecSession, SplitExecution, choose_allocation};
+use super::exec::{
+    ExecClient, ExecError, ExecSession, SessionEnd, SplitExecution, choose_allocation,
+};
 use super::jobs::{self, JobSettings};
 use super::tracker::AllocationTracker;
 use crate::executor::{
@@ -416,6 +421,17 @@ impl<C: Connector> NomadExecutor<C> {
                     ExecutionEvent::Stdout(bytes) => on_stdout(&bytes),
                     ExecutionEvent::Stderr(bytes) => keep(&mut output.stderr, &bytes),
                     ExecutionEvent::Exited(code) => {
+                        // Poseidon reads a session that ended without an exit frame as exit 0
+                        // (nomad-api.md §7.5); for a file command that would confirm a copy or
+                        // a listing nobody saw finish (§10 row 21): the result is unknown.
+                        if let Some(end) = session
+                            .end()
+                            .filter(|end| !matches!(end, SessionEnd::Exited { .. }))
+                        {
+                            return Err(BackendError::Unavailable(format!(
+                                "the file command ended without an exit code: {end:?}"
+                            )));
+                        }
                         output.exit = code;
                         return Ok(());
                     }
