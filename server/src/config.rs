@@ -135,6 +135,15 @@ pub struct Cli {
     /// Nomad backend: the namespace of Trident's jobs [default: Nomad's `default`].
     #[arg(long, env = "TRIDENT_NOMAD_NAMESPACE", value_name = "NAME")]
     pub nomad_namespace: Option<String>,
+    /// Nomad backend: an event stream that sends nothing for this long, not even Nomad's `{}`
+    /// heartbeat (every 30 s), is taken for dead (a half-open connection) and reopened
+    /// [default: 60].
+    #[arg(
+        long,
+        env = "TRIDENT_NOMAD_HEARTBEAT_TIMEOUT_S",
+        value_name = "SECONDS"
+    )]
+    pub nomad_heartbeat_timeout_s: Option<u64>,
     /// Write Poseidon's measurements to this InfluxDB 2 server (its base URL; VictoriaMetrics
     /// works too) [default: none, no InfluxDB].
     #[arg(long, env = "TRIDENT_INFLUXDB_URL", value_name = "URL")]
@@ -185,6 +194,7 @@ pub struct FileConfig {
     nomad_address: Option<String>,
     nomad_token: Option<String>,
     nomad_namespace: Option<String>,
+    nomad_heartbeat_timeout_s: Option<u64>,
     influxdb_url: Option<String>,
     influxdb_org: Option<String>,
     influxdb_bucket: Option<String>,
@@ -229,6 +239,8 @@ pub struct Config {
     pub nomad_token: Option<String>,
     /// Nomad backend: the namespace.
     pub nomad_namespace: Option<String>,
+    /// Nomad backend: seconds without a line on the event stream before it is reopened.
+    pub nomad_heartbeat_timeout_s: u64,
     /// InfluxDB, if configured (an URL is set).
     pub influx: Option<InfluxConfig>,
     /// Local backend: image name → root file system directory; other images run on the host's
@@ -277,6 +289,15 @@ impl Config {
             .depleting_threshold
             .or(file.depleting_threshold)
             .unwrap_or(0.0);
+        let nomad_heartbeat_timeout_s = cli
+            .nomad_heartbeat_timeout_s
+            .or(file.nomad_heartbeat_timeout_s)
+            .unwrap_or(60);
+        if nomad_heartbeat_timeout_s == 0 {
+            return Err(ConfigError::Invalid(
+                "nomad_heartbeat_timeout_s must be at least 1".into(),
+            ));
+        }
         if !(0.0..=1.0).contains(&depleting_threshold) {
             return Err(ConfigError::Invalid(format!(
                 "depleting_threshold must be between 0 and 1, got {depleting_threshold}"
@@ -326,6 +347,7 @@ impl Config {
                 .unwrap_or_else(|| "http://127.0.0.1:4646".to_owned()),
             nomad_token: cli.nomad_token.clone().or(file.nomad_token),
             nomad_namespace: cli.nomad_namespace.clone().or(file.nomad_namespace),
+            nomad_heartbeat_timeout_s,
         })
     }
 }

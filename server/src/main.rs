@@ -2,11 +2,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
 use trident_backends::nomad::client::{NomadConfig, tcp_connector};
+use trident_backends::nomad::events::EventStreamConfig;
 use trident_backends::nomad::executor::NomadOptions;
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
@@ -146,6 +148,10 @@ async fn serve(config: Config) -> Result<(), String> {
             let connector = tcp_connector(&nomad)
                 .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
             let nomad_options = NomadOptions {
+                events: EventStreamConfig {
+                    heartbeat_timeout: Duration::from_secs(config.nomad_heartbeat_timeout_s),
+                    ..EventStreamConfig::default()
+                },
                 // Modification times of copied files; outside the simulation.
                 unix_time_at_start_s: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
