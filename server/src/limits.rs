@@ -56,13 +56,16 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of [`HttpLimits::body_timeout`]: a 64 MiB upload at 1.1 MB/s.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Refused connections being answered at once; beyond, a refused connection is closed without
-/// an answer (each answer holds a socket for up to [`REFUSAL_TIMEOUT`]).
-const REFUSALS_IN_FLIGHT_MAX: usize = 64;
+/// an answer (each answer holds a socket for up to [`REFUSAL_TIMEOUT`], usually for
+/// [`REFUSAL_DRAIN_IDLE`]).
+const REFUSALS_IN_FLIGHT_MAX: usize = 1_024;
 /// How long answering a refused connection may take.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of a refused connection's request read (and dropped) after the answer, so that
 /// closing does not reset the connection before the client has read the answer.
 const REFUSAL_DRAIN_BYTES_MAX: usize = 64 * 1024;
+/// The drain stops when the client sends nothing for this long.
+const REFUSAL_DRAIN_IDLE: Duration = Duration::from_millis(100);
 /// How long a connection may take to finish its request in flight once the server shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Bytes of a plain-text rejection read to turn it into Poseidon's body.
@@ -359,11 +362,10 @@ async fn refuse<I: AsyncRead + AsyncWrite + Unpin>(
         let mut sink = [0u8; 4096];
         let mut drained = 0;
         while drained < REFUSAL_DRAIN_BYTES_MAX {
-            let read = io.read(&mut sink).await?;
-            if read == 0 {
-                break;
+            match tokio::time::timeout(REFUSAL_DRAIN_IDLE, io.read(&mut sink)).await {
+                Ok(Ok(read)) if read > 0 => drained += read,
+                _ => break,
             }
-            drained += read;
         }
         Ok::<(), std::io::Error>(())
     })

@@ -219,7 +219,7 @@ impl Ending {
             Ending::Exited(_) => "exit",
             Ending::TimeLimit | Ending::LeaseEnded(LeaseEndCause::InactivityTimeout) => "timeout",
             Ending::LeaseEnded(_) | Ending::Failed | Ending::OutputLimit(_) => "error",
-            Ending::ClientClosed => "client_closed",
+            Ending::ClientClosed | Ending::MessageTooBig => "client_closed",
         }
     }
 }
@@ -234,6 +234,8 @@ enum Ending {
     Failed,
     /// The output passed this many bytes.
     OutputLimit(u64),
+    /// The client sent a message over the WebSocket message limit.
+    MessageTooBig,
 }
 
 async fn run<E: Executor>(
@@ -280,7 +282,6 @@ async fn run<E: Executor>(
                 state.limits.output_bytes_max,
             )
             .await;
-
             pump.abort();
             if !matches!(ending, Ending::Exited(_)) {
                 stop(&mut process, &ending).await;
@@ -308,14 +309,18 @@ async fn run<E: Executor>(
         ) => Some(ServerMessage::Error(STOPPED_MESSAGE)),
         Ending::LeaseEnded(_) | Ending::Failed => Some(ServerMessage::Error(GENERIC_MESSAGE)),
         Ending::OutputLimit(_) => Some(ServerMessage::Error(&output_limit_message)),
-        Ending::ClientClosed => None,
+        Ending::ClientClosed | Ending::MessageTooBig => None,
     };
     if let Some(message) = message {
         let _ = send_bounded(&mut sink, &message).await;
     }
+    let close = match ending {
+        Ending::MessageTooBig => close_too_big(state.limits.websocket_message_bytes_max),
+        _ => close_normal(),
+    };
     // A client that stopped reading must not hold the execution's task forever.
     let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, async {
-        let _ = sink.send(close_normal()).await;
+        let _ = sink.send(close).await;
         let _ = sink.close().await;
     })
     .await;
@@ -332,7 +337,7 @@ struct Watch<'a> {
     deadline: Option<Instant>,
     lease: &'a mut crate::driver::LeaseWatch,
     lease_open: bool,
-    closed: &'a mut oneshot::Receiver<()>,
+    closed: &'a mut oneshot::Receiver<ClientGone>,
 }
 
 impl Watch<'_> {
@@ -341,7 +346,10 @@ impl Watch<'_> {
         loop {
             tokio::select! {
                 biased;
-                _ = &mut *self.closed => return Ending::ClientClosed,
+                gone = &mut *self.closed => return match gone {
+                    Ok(ClientGone::TooBig) => Ending::MessageTooBig,
+                    Ok(ClientGone::Closed) | Err(_) => Ending::ClientClosed,
+                },
                 changed = self.lease.changed(), if self.lease_open => match changed {
                     Ok(()) => {
                         if let Some(cause) = *self.lease.borrow() {
@@ -446,10 +454,21 @@ async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
 async fn pump_input(
     mut stream: futures_util::stream::SplitStream<WebSocket>,
     stdin: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    closed: oneshot::Sender<()>,
+    closed: oneshot::Sender<ClientGone>,
 ) {
     let mut input = ClientInput::default();
-    while let Some(Ok(message)) = stream.next().await {
+    let mut gone = ClientGone::Closed;
+    loop {
+        let message = match stream.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                if too_big(error) {
+                    gone = ClientGone::TooBig;
+                }
+                break;
+            }
+            None => break,
+        };
         let frame = match &message {
             Message::Text(text) => ClientFrame::Text(text.as_str()),
             Message::Binary(_) => ClientFrame::Binary,
@@ -473,7 +492,24 @@ async fn pump_input(
             ClientAction::Closed => break,
         }
     }
-    let _ = closed.send(());
+    let _ = closed.send(gone);
+}
+
+/// How the client's side of an execution's WebSocket ended.
+#[derive(Debug)]
+enum ClientGone {
+    /// Closed, reset, or a protocol error.
+    Closed,
+    /// A message over the WebSocket message limit.
+    TooBig,
+}
+
+/// Whether a read error is a message over the limit (axum reports tungstenite's errors).
+fn too_big(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast::<tungstenite::Error>()
+        .is_ok_and(|error| matches!(*error, tungstenite::Error::Capacity(_)))
 }
 
 /// [`send`] for messages outside the output loop, bounded by [`LAST_SEND_TIMEOUT`].
@@ -496,6 +532,14 @@ async fn send(
 ) -> Result<(), axum::Error> {
     let text = serde_json::to_string(message).expect("messages serialize");
     sink.send(Message::Text(text.into())).await
+}
+
+/// 1009, "message too big" (RFC 6455 §7.4.1).
+fn close_too_big(limit: usize) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1009,
+        reason: format!("a message exceeded {limit} bytes").into(),
+    }))
 }
 
 fn close_normal() -> Message {
