@@ -626,3 +626,99 @@ async fn a_root_server_refuses_to_map_the_sandboxs_root_to_host_root() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_workspace_quota_bounds_bytes_and_files_of_the_workspace_and_tmp_together() {
+    let f = fixture().await;
+    assert!(
+        f.host.capabilities().workspace_quota,
+        "a root server can mount the quota tmpfs"
+    );
+    let mut spec = SandboxSpec::new("quota");
+    spec.limits = Limits {
+        workspace_bytes: Some(8 * 1024 * 1024),
+        workspace_files: Some(64),
+        ..Limits::default()
+    };
+    let sb = f.sandbox(spec).await;
+    let dir = f.dir.path().join("state").join("quota");
+    // Bytes: the workspace and /tmp draw from one quota; the write that overflows fails.
+    let out = sh(
+        &sb,
+        "head -c 5M /dev/zero > a && head -c 5M /dev/zero > /tmp/b; echo $?",
+    )
+    .await;
+    assert!(
+        text(&out.stderr).contains("No space left on device"),
+        "{out:?}"
+    );
+    assert_eq!(text(&out.stdout).trim(), "1", "{out:?}");
+    // Files: the 65th inode is refused.
+    let out = sh(
+        &sb,
+        "rm -f a /tmp/b; for i in $(seq 100); do : > f$i || break; done; ls | wc -l",
+    )
+    .await;
+    let created: usize = text(&out.stdout).trim().parse().expect("a count");
+    assert!((50..64).contains(&created), "{created} files: {out:?}");
+    // File operations of the server meet the same bound, with a clear error.
+    let workspace = sb.workspace().expect("the workspace opens");
+    match workspace.copy("big.bin", &vec![7u8; 9 * 1024 * 1024]) {
+        Err(trident_backends::local::FileError::NoSpace(path)) => assert_eq!(path, "big.bin"),
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    drop(workspace);
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .contains(&format!(" {} ", dir.display()))
+    };
+    assert!(mounted(), "the runner's directory is a mount");
+    sb.destroy().await.expect("destroy");
+    assert!(!mounted(), "the quota tmpfs is unmounted with the sandbox");
+    assert!(!dir.exists(), "and its mount point removed");
+}
+
+#[tokio::test]
+async fn a_hidden_file_cannot_be_read_inside_the_sandbox() {
+    // Outside /tmp (the sandbox has its own) and readable by anyone on the host.
+    let dir = tempfile::tempdir_in("/var/tmp").expect("a directory under /var/tmp");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let secret = dir.path().join("trident.toml");
+    std::fs::write(&secret, "token = \"s3cret\"\n").expect("write the secret");
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let mut config = HostConfig::new(state.path().join("state"), init_program());
+    config.cgroup_parent = cgroup_parent();
+    config.hidden_paths = vec![secret.clone()];
+    let host = SandboxHost::new(config).await.expect("a host");
+    let sb = host
+        .create(SandboxSpec::new("hidden"))
+        .await
+        .expect("the sandbox starts");
+    let command = format!("cat {}; ls {}", secret.display(), dir.path().display());
+    let out = sh(&sb, &command).await;
+    assert!(!text(&out.stdout).contains("s3cret"), "{out:?}");
+    assert!(text(&out.stderr).contains("Permission denied"), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("trident.toml"),
+        "the file is still listed, only unreadable: {out:?}"
+    );
+    let privileged = run(&sb, {
+        let mut spec = ExecSpec::shell(format!("cat {}", secret.display()));
+        spec.privileged = true;
+        spec
+    })
+    .await;
+    assert!(
+        !text(&privileged.stdout).contains("s3cret"),
+        "{privileged:?}"
+    );
+    sb.destroy().await.expect("destroy");
+    host.remove_cgroup_parent();
+}

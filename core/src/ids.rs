@@ -163,6 +163,14 @@ impl<'de> Deserialize<'de> for RunnerId {
 #[serde(transparent)]
 pub struct Lease(pub u64);
 
+impl Lease {
+    /// Leases a manager takes for issued are below this. The server starts each process's
+    /// counter at wall-clock microseconds, which pass 2^63 in the year 294,000: a persisted lease
+    /// at or above it was never issued (a ledger edited or corrupted), and a counter lifted at most
+    /// to it cannot run out (found by fuzzing: a persisted `u64::MAX` overflowed the counter).
+    pub const MAX: Lease = Lease(1 << 63);
+}
+
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -295,7 +295,7 @@ impl Manager {
     /// asked for right away, so a fresh manager learns what the backend already runs.
     pub fn new(config: ManagerConfig, ids: Box<dyn IdSource>) -> Self {
         let mut manager = Self {
-            next_lease: config.first_lease.max(1),
+            next_lease: config.first_lease.clamp(1, Lease::MAX.0 - 1),
             config,
             ids,
             now: Timestamp::ZERO,

@@ -1,24 +1,42 @@
-//! The argv of an interactive execution ([`interactive_argv`]): the user's command and the
-//! environment variables must travel as argv elements of their own, never interpolated into the
-//! fixed scripts.
+//! The argv of every command the Nomad backend runs in an allocation, and the tar archive of a
+//! file update: caller strings (the user's command, environment variables, paths) must travel as
+//! argv elements of their own, never interpolated into the fixed scripts, and must come back
+//! exactly through a POSIX shell-word parser and through the backend's own decoders.
 //!
 //! The input is text fields separated by the byte `0xFF` (never part of UTF-8 text, so seeds are
-//! readable): the first holds flags (`p`: privileged, `f`: with a stderr fifo), the last is the
-//! command, each one between is a variable `NAME=value` (split at the first `=`; names may break
-//! the shell-name rule, values hold any text, NUL included). Pure and fast: no process is
-//! spawned (the unit tests of `commands.rs` run the built argv on bash).
+//! readable): the first holds flags (`p`: privileged, `f`: with a stderr fifo, `r`: recursive
+//! listings), the last is the command, each one between is a variable `NAME=value` (split at the
+//! first `=`; names may break the shell-name rule, values hold any text, NUL included). Every
+//! field after the flags is also a path. Pure and fast: no process is spawned (the unit tests of
+//! `commands.rs` run the built argv on bash).
 //!
-//! Properties, for requests the builder accepts (and it must accept exactly those with valid
-//! names and no NUL):
+//! Properties of the interactive execution ([`interactive_argv`]), for requests the builder
+//! accepts (and it must accept exactly those with valid names and no NUL):
 //! - the last element is the command, byte for byte;
 //! - before it come the variables as `NAME=value` elements, in order, preceded by their count;
 //! - everything before the count is the argv of an empty request with the same flag and fifo:
-//!   no byte of the request reaches the scripts;
-//! - [`display_argv`] (single-quoted words for logs) splits back into the same argv under POSIX
-//!   shell quoting rules.
+//!   no byte of the request reaches the scripts.
+//!
+//! Properties of the file commands, for every path: the listing, header and download argv are
+//! refused exactly for a NUL byte, end in `--` and the path itself, and decode back to the same
+//! path and flags; the update argv carries the delete paths cleaned (Go's `path.Clean`), `./*`
+//! kept, and decodes back to them; the tar archive of the paths (each path's own bytes as its
+//! content) reads back with an independent tar reader as exactly those entries: cleaned names
+//! (long ones through GNU long-name entries), directories for paths ending in `/`, contents,
+//! modes and modification time.
+//!
+//! For every argv built: [`display_argv`] (single-quoted words for logs) splits back into the
+//! same argv under POSIX shell rules ([`shlex::split`]), and into the same through the
+//! hand-written splitter below.
+
+use std::io::Read as _;
 
 use trident_backends::ExecutionRequest;
-use trident_backends::nomad::commands::{StderrFifo, display_argv, interactive_argv};
+use trident_backends::nomad::commands::{
+    DIRECTORY_MODE, FILE_MODE, StderrFifo, clean_path, decode_download, decode_list,
+    decode_update_files, display_argv, download_argv, file_header_argv, interactive_argv,
+    list_files_argv, tar_archive, update_files_argv,
+};
 
 /// Separates the fields of an input.
 const SEPARATOR: u8 = 0xFF;
@@ -44,6 +62,122 @@ pub fn run(data: &[u8]) {
         privileged: flags.contains('p'),
     };
     check(&request, fifo.as_ref());
+    let paths: Vec<String> = rest.to_vec();
+    let privileged = flags.contains('p');
+    for path in &paths {
+        check_file_commands(path, flags.contains('r'), privileged);
+    }
+    check_update(&paths);
+}
+
+fn check_file_commands(path: &str, recursive: bool, privileged: bool) {
+    let has_nul = path.contains('\0');
+    for (argv, header_only) in [
+        (list_files_argv(path, recursive, privileged), false),
+        (file_header_argv(path, privileged), true),
+    ] {
+        let Ok(argv) = argv else {
+            assert!(has_nul, "{path:?} refused");
+            continue;
+        };
+        assert!(!has_nul);
+        assert!(argv.ends_with(&["--".to_owned(), path.to_owned()]));
+        let listing = decode_list(&argv).expect("a listing decodes");
+        assert_eq!(listing.path, path);
+        assert_eq!(listing.privileged, privileged);
+        assert_eq!(listing.header_only, header_only);
+        assert_eq!(listing.recursive, recursive && !header_only);
+        assert_shell_round_trip(&argv);
+    }
+    match download_argv(path, privileged) {
+        Ok(argv) => {
+            assert!(!has_nul);
+            assert!(argv.ends_with(&["--".to_owned(), path.to_owned()]));
+            let download = decode_download(&argv).expect("a download decodes");
+            assert_eq!(
+                (download.path.as_str(), download.privileged),
+                (path, privileged)
+            );
+            assert_shell_round_trip(&argv);
+        }
+        Err(_) => assert!(has_nul, "{path:?} refused"),
+    }
+}
+
+fn check_update(paths: &[String]) {
+    match update_files_argv(paths) {
+        Ok(argv) => {
+            let cleaned: Vec<String> = paths
+                .iter()
+                .map(|path| match path.as_str() {
+                    "./*" => path.clone(),
+                    _ => clean_path(path),
+                })
+                .collect();
+            assert_eq!(decode_update_files(&argv), Some(cleaned));
+            assert_shell_round_trip(&argv);
+        }
+        Err(_) => assert!(
+            paths
+                .iter()
+                .any(|path| path.is_empty() || path.contains('\0')),
+            "{paths:?} refused"
+        ),
+    }
+
+    const MTIME_S: u64 = 1_700_000_000;
+    let copy: Vec<(String, Vec<u8>)> = paths
+        .iter()
+        .map(|path| (path.clone(), path.as_bytes().to_vec()))
+        .collect();
+    let Ok(archive) = tar_archive(&copy, MTIME_S) else {
+        assert!(
+            paths.iter().any(|path| {
+                let cleaned = clean_path(path);
+                path.contains('\0') || path.is_empty() || cleaned == "." || cleaned == "/"
+            }),
+            "{paths:?} refused"
+        );
+        return;
+    };
+    let mut reader = tar::Archive::new(archive.as_slice());
+    let mut entries = reader.entries().expect("the archive reads");
+    for (path, content) in &copy {
+        let mut entry = entries
+            .next()
+            .expect("an entry per path")
+            .expect("the entry reads");
+        let directory = path.ends_with('/');
+        let mut name = clean_path(path);
+        if directory {
+            name.push('/');
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&entry.path_bytes()),
+            name,
+            "the name of {path:?}"
+        );
+        let header = entry.header();
+        assert_eq!(header.mtime().expect("an mtime"), MTIME_S);
+        assert_eq!((header.uid().ok(), header.gid().ok()), (Some(0), Some(0)));
+        if directory {
+            assert!(header.entry_type().is_dir());
+            assert_eq!(header.mode().expect("a mode"), DIRECTORY_MODE);
+        } else {
+            assert!(header.entry_type().is_file());
+            assert_eq!(header.mode().expect("a mode"), FILE_MODE);
+            let mut read = Vec::new();
+            entry.read_to_end(&mut read).expect("the content reads");
+            assert_eq!(&read, content);
+        }
+    }
+    assert!(entries.next().is_none(), "an entry nobody sent");
+}
+
+fn assert_shell_round_trip(argv: &[String]) {
+    let display = display_argv(argv);
+    assert_eq!(shlex::split(&display).as_deref(), Some(argv), "{display}");
+    assert_eq!(shell_words(&display), argv);
 }
 
 fn check(request: &ExecutionRequest, fifo: Option<&StderrFifo>) {
@@ -80,7 +214,7 @@ fn check(request: &ExecutionRequest, fifo: Option<&StderrFifo>) {
         "request bytes reached the scripts"
     );
 
-    assert_eq!(shell_words(&display_argv(&argv)), argv);
+    assert_shell_round_trip(&argv);
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`, written independently of the builder's check.

@@ -8,14 +8,18 @@
 //! Targets that read a byte stream in chunks (`event_stream`, `ls_parser`) take the stream
 //! itself as input, so that seeds are readable NDJSON or `ls` output, and derive the chunk
 //! boundaries from the bytes ([`chunkings`]): whole, byte by byte, and two pseudo-random
-//! splits. Targets with structured input (`manager`, `command_argv`) decode it with
-//! [`arbitrary::Unstructured`].
+//! splits. Targets with structured input (`manager`, `tracker`, `exec_frames`,
+//! `client_frames`) decode it with [`arbitrary::Unstructured`]; `command_argv` splits it into
+//! text fields.
 
 pub mod api_bodies;
+pub mod client_frames;
 pub mod command_argv;
 pub mod event_stream;
+pub mod exec_frames;
 pub mod ls_parser;
 pub mod manager;
+pub mod tracker;
 pub mod workspace_paths;
 
 /// The chunkings a streamed input is fed in: the whole at once, one byte at a time, and two

@@ -13,11 +13,10 @@
 //! that runner while the manager did not know it (a lease is never issued twice to a runner).
 //!
 //! Persisted leases in inventories are ones an earlier process issued (below `first_lease`: the
-//! server starts each process at wall-clock microseconds) or ones this manager issued. With a
-//! persisted lease at or above the counter, reconciliation does not lift the counter for a
-//! runner it stops (unknown environment, or removed before the snapshot), so such a lease can
-//! be issued again, to that very runner if it is later adopted idle; ARCHITECTURE.md says the
-//! counter is lifted "above every persisted lease". Inputs stay within the server's guarantee.
+//! server starts each process at wall-clock microseconds), ones this manager issued, and now and
+//! then one at the very top of the range (a ledger entry that was edited or corrupted: the
+//! ledger parser accepts any number). Inactivity timeouts include `u64::MAX` seconds, which the
+//! server passes on for a client's `inactivityTimeout`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -123,6 +122,8 @@ impl Driver {
                     Some(Duration::ZERO),
                     Some(Duration::from_secs(1)),
                     Some(Duration::from_secs(30)),
+                    // What the server passes for any `inactivityTimeout` a client sends.
+                    Some(Duration::from_secs(u64::MAX)),
                 ])?,
             },
             3 => Input::Release {
@@ -196,7 +197,9 @@ impl Driver {
     fn apply(&mut self, input: Input) {
         if let Input::Reconcile(inventory) = &input {
             for listed in &inventory.runners {
+                // Leases from `Lease::MAX` up were never issued: the manager stops their runners.
                 if let RunnerMark::Claimed(mark) = listed.mark
+                    && mark.lease < Lease::MAX
                     && !self.manager.runner_ids().any(|known| known == listed.id)
                 {
                     let lease = self.leases_of.entry(listed.id).or_default();
@@ -266,6 +269,11 @@ impl Driver {
     fn persisted_lease(&mut self, u: &mut Unstructured<'_>) -> Result<Lease> {
         if !self.leases.is_empty() && u.arbitrary()? {
             return Ok(u.choose(self.leases.make_contiguous())?.1);
+        }
+        if u.ratio(1, 16)? {
+            // A ledger entry that is not what the server wrote (edited by hand, corrupted): the
+            // ledger parser accepts any number.
+            return Ok(Lease(u64::MAX - u.int_in_range(0..=2)?));
         }
         Ok(Lease(u.int_in_range(0..=self.first_lease - 1)?))
     }

@@ -51,3 +51,18 @@ fn command_argv_corpus_replays() {
 fn workspace_paths_corpus_replays() {
     replay("workspace_paths", trident_fuzz::workspace_paths::run);
 }
+
+#[test]
+fn tracker_corpus_replays() {
+    replay("tracker", trident_fuzz::tracker::run);
+}
+
+#[test]
+fn exec_frames_corpus_replays() {
+    replay("exec_frames", trident_fuzz::exec_frames::run);
+}
+
+#[test]
+fn client_frames_corpus_replays() {
+    replay("client_frames", trident_fuzz::client_frames::run);
+}

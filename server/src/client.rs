@@ -96,6 +96,9 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// What a terminal's line discipline reads as the end of input: Ctrl-D (EOT).
+const END_OF_INPUT: &str = "\u{4}";
+
 /// Runs a client command; the result is the process's exit code.
 pub async fn run(command: ClientCommand) -> Result<u8, String> {
     match command {
@@ -335,9 +338,13 @@ async fn execute_on(api: &Api, runner: &str, args: &RunArgs) -> Result<u8, Strin
                 .await
                 .is_err()
             {
-                break;
+                return;
             }
         }
+        // Our stdin ended: the command's stdin is a terminal, where the end of input is
+        // Ctrl-D at the start of a line (every line sent ended with a newline). Without it a
+        // command that reads to the end (`cat`, `sort`) would wait until its runner times out.
+        let _ = sink.send(Message::Text(END_OF_INPUT.into())).await;
     });
     let mut code = None;
     while let Some(message) = stream.next().await {

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use trident_backends::{Executor, Observation};
 use trident_core::{
     Effect, EnvironmentId, EnvironmentSpec, Event, Input, Lease, LeaseEndCause, Manager, PutError,
@@ -27,6 +28,9 @@ use trident_core::{
 const COMMAND_QUEUE: usize = 1_024;
 /// Effect outcomes waiting for the driver.
 const OUTCOME_QUEUE: usize = 1_024;
+/// Runners whose start is timed for the startup-duration measurement; starts beyond it are not
+/// timed.
+const STARTS_TIMED_MAX: usize = 65_536;
 
 /// How the driver runs.
 #[derive(Clone, Debug)]
@@ -39,6 +43,8 @@ pub struct DriverConfig {
     /// Called with the manager after every input the driver handled (the simulation checks its
     /// invariants there). `None` in production.
     pub inspector: Option<Inspector>,
+    /// Where runner startup durations are recorded; `None` records nothing.
+    pub monitor: Option<Arc<crate::monitoring::Monitor>>,
 }
 
 impl Default for DriverConfig {
@@ -47,6 +53,7 @@ impl Default for DriverConfig {
             effects_in_flight_max: 64,
             shutdown_flush_timeout: Duration::from_secs(10),
             inspector: None,
+            monitor: None,
         }
     }
 }
@@ -120,6 +127,7 @@ enum Outcome {
 #[derive(Clone, Debug)]
 pub struct ManagerHandle {
     commands: mpsc::Sender<Command>,
+    recovered: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Command {
@@ -203,6 +211,12 @@ impl ManagerHandle {
         answer.await.map_err(|_| Stopped)
     }
 
+    /// Whether the first recovery has finished: the manager reconciled its first inventory, so
+    /// it knows what the backend already runs (readiness).
+    pub fn recovered(&self) -> bool {
+        *self.recovered.borrow()
+    }
+
     /// A watch on the lease of a claimed runner; `None` if the runner is not claimed.
     pub async fn watch_lease(&self, runner: RunnerId) -> Result<Option<LeaseWatch>, Stopped> {
         let (reply, answer) = oneshot::channel();
@@ -242,6 +256,7 @@ pub fn spawn<E: Executor>(
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (outcomes_tx, outcomes) = mpsc::channel(OUTCOME_QUEUE);
     let observations = executor.take_observations();
+    let (recovered_tx, recovered) = watch::channel(false);
     let driver = Driver {
         manager,
         executor,
@@ -259,11 +274,14 @@ pub fn spawn<E: Executor>(
         put_waiters: BTreeMap::new(),
         leases: BTreeMap::new(),
         claim_waiters: BTreeMap::new(),
+        recovered: recovered_tx,
+        starts: BTreeMap::new(),
     };
     let task = tokio::spawn(driver.run(shutdown));
     (
         ManagerHandle {
             commands: commands_tx,
+            recovered,
         },
         task,
     )
@@ -290,6 +308,11 @@ struct Driver<E: Executor> {
     leases: BTreeMap<RunnerId, watch::Sender<Option<LeaseEndCause>>>,
     /// Claims answered once their mark is written: (lease, the reply, who waits for it).
     claim_waiters: BTreeMap<RunnerId, (Lease, Reply, ClaimWaiter)>,
+    /// Becomes true once, when the first inventory has been reconciled.
+    recovered: watch::Sender<bool>,
+    /// When each runner's start began, for the startup-duration measurement (only with a
+    /// monitor; at most `STARTS_TIMED_MAX`).
+    starts: BTreeMap<RunnerId, Instant>,
 }
 
 impl<E: Executor> Driver<E> {
@@ -312,7 +335,11 @@ impl<E: Executor> Driver<E> {
                         };
                         let now = self.clock.now();
                         tracing::debug!(?input, %now, "observation");
+                        let up = self.forget_start(&input);
                         self.manager.apply(now, input);
+                        if let Some((runner, started)) = up {
+                            self.record_startup(runner, started);
+                        }
                     }
                     None => {
                         tracing::error!("the backend stopped reporting observations");
@@ -525,7 +552,13 @@ impl<E: Executor> Driver<E> {
                 }
             }
             Outcome::Input(input) => {
+                let inventory = matches!(input, Input::Reconcile(_));
+                self.forget_start(&input);
                 self.manager.apply(now, input);
+                if inventory && !*self.recovered.borrow() {
+                    tracing::info!("first recovery finished: ready");
+                    self.recovered.send_replace(true);
+                }
             }
         }
     }
@@ -559,17 +592,82 @@ impl<E: Executor> Driver<E> {
         }
     }
 
+    /// Ends the timing of a runner's start on news of it; returns when it began if the runner
+    /// came up.
+    fn forget_start(&mut self, input: &Input) -> Option<(RunnerId, Instant)> {
+        match input {
+            Input::RunnerUp { runner, .. } => self.starts.remove(runner).map(|at| (*runner, at)),
+            Input::RunnerDown { runner, .. } | Input::StopFinished { runner, .. } => {
+                self.starts.remove(runner);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn record_startup(&self, runner: RunnerId, started: Instant) {
+        if let Some(monitor) = &self.config.monitor {
+            let idle = self
+                .manager
+                .statistics(runner.environment())
+                .map_or(0, |stats| stats.idle);
+            monitor.runner_started(runner, started.elapsed(), idle);
+        }
+    }
+
     fn start(&mut self, effect: Effect) {
+        if let Effect::StartRunner { runner, .. } = &effect
+            && self.config.monitor.is_some()
+            && self.starts.len() < STARTS_TIMED_MAX
+        {
+            // tokio's clock, as everywhere in the driver.
+            self.starts.insert(*runner, Instant::now());
+        }
         let executor = Arc::clone(&self.executor);
         let outcomes = self.outcomes_tx.clone();
         let now = self.clock.now();
-        self.tasks.spawn(async move {
-            let outcome = run_effect(&*executor, effect, now).await;
-            if let Some(outcome) = outcome {
-                // The driver may be gone during shutdown; the outcome then no longer matters.
-                let _ = outcomes.send(outcome).await;
+        let span = effect_span(&effect);
+        self.tasks.spawn(
+            async move {
+                let outcome = run_effect(&*executor, effect, now).await;
+                tracing::debug!("effect done");
+                if let Some(outcome) = outcome {
+                    // The driver may be gone during shutdown; the outcome then no longer matters.
+                    let _ = outcomes.send(outcome).await;
+                }
             }
-        });
+            .instrument(span),
+        );
+    }
+}
+
+/// The span an effect runs in: the runner's or environment's ids as fields, so every log line
+/// of the backend's work on a runner carries them.
+fn effect_span(effect: &Effect) -> tracing::Span {
+    match effect {
+        Effect::StartRunner { runner, .. }
+        | Effect::StopRunner { runner }
+        | Effect::MarkRunner { runner, .. } => tracing::info_span!(
+            "runner",
+            effect = effect_name(effect),
+            runner_id = %runner,
+            environment_id = %runner.environment()
+        ),
+        Effect::RegisterEnvironment { id, .. } | Effect::RemoveEnvironment { id } => {
+            tracing::info_span!("environment", effect = effect_name(effect), environment_id = %id)
+        }
+        Effect::RequestInventory => tracing::info_span!("inventory"),
+    }
+}
+
+fn effect_name(effect: &Effect) -> &'static str {
+    match effect {
+        Effect::StartRunner { .. } => "start",
+        Effect::StopRunner { .. } => "stop",
+        Effect::MarkRunner { .. } => "mark",
+        Effect::RegisterEnvironment { .. } => "register",
+        Effect::RemoveEnvironment { .. } => "remove",
+        Effect::RequestInventory => "inventory",
     }
 }
 

@@ -12,6 +12,8 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod driver;
+pub mod limits;
+pub mod monitoring;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -72,6 +74,13 @@ pub struct ServerOptions {
     pub ids: IdFactory,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Connections, and how long a request's head and body may take (see [`limits`]).
+    pub http: limits::HttpLimits,
+    /// Files per update, output per execution, WebSocket message size (see [`limits`]).
+    pub api: limits::ApiLimits,
+    /// Where Poseidon's InfluxDB measurements go; `None` writes none (Prometheus' `/metrics`
+    /// is always served).
+    pub influx: Option<monitoring::influx::InfluxConfig>,
 }
 
 impl Default for ServerOptions {
@@ -84,6 +93,9 @@ impl Default for ServerOptions {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ids: IdFactory(Arc::new(|| Box::new(OsIds))),
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
+            http: limits::HttpLimits::default(),
+            api: limits::ApiLimits::default(),
+            influx: None,
         }
     }
 }
@@ -133,13 +145,30 @@ where
 {
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    // The InfluxDB writer outlives the HTTP server and the driver: it is stopped after them,
+    // so their last points are flushed.
+    let monitoring_stop = CancellationToken::new();
+    let (monitor, influx_writer) =
+        monitoring::Monitor::start(options.influx.as_ref(), monitoring_stop.clone())
+            .map_err(std::io::Error::other)?;
+    let monitor = Arc::new(monitor);
     let manager = Manager::new(options.manager, (options.ids.0)());
     let (handle, driver) = driver::spawn(
         manager,
         Arc::clone(&executor),
-        options.driver,
+        driver::DriverConfig {
+            monitor: Some(Arc::clone(&monitor)),
+            ..options.driver
+        },
         shutdown.child_token(),
     );
+    let pool_sampler = monitor.influx_enabled().then(|| {
+        tokio::spawn(monitoring::sample_pools(
+            Arc::clone(&monitor),
+            handle.clone(),
+            shutdown.child_token(),
+        ))
+    });
     let state = Arc::new(api::AppState {
         manager: handle,
         executor,
@@ -148,15 +177,26 @@ where
         version: options.version,
         pending_executions: Mutex::new(api::PendingExecutions::default()),
         ids: Mutex::new((options.ids.0)()),
+        monitor,
+        limits: options.api,
     });
     let router =
         api::router(state).layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));
     let stop = shutdown.clone();
+    let http = limits::HttpLimits {
+        body_bytes_max: options.max_body_bytes,
+        ..options.http
+    };
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = limits::serve(listener, router, http, stop).await;
         let _ = driver.await;
+        if let Some(sampler) = pool_sampler {
+            let _ = sampler.await;
+        }
+        monitoring_stop.cancel();
+        if let Some(writer) = influx_writer {
+            let _ = writer.await;
+        }
         served
     });
     Ok(RunningServer {

@@ -2,11 +2,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
 use trident_backends::nomad::client::{NomadConfig, tcp_connector};
+use trident_backends::nomad::events::EventStreamConfig;
 use trident_backends::nomad::executor::NomadOptions;
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
@@ -87,8 +89,12 @@ async fn serve(config: Config) -> Result<(), String> {
         token: config.token.clone(),
         depleting_threshold: config.depleting_threshold,
         max_body_bytes: config.max_body_bytes,
+        influx: config.influx.clone(),
+        http: config.http.clone(),
+        api: config.api.clone(),
         ..ServerOptions::default()
     };
+    raise_open_files_limit(config.http.connections_max);
     match config.backend {
         BackendKind::Local => {
             let executable = std::env::current_exe()
@@ -102,7 +108,14 @@ async fn serve(config: Config) -> Result<(), String> {
             let state_dir = std::fs::canonicalize(&config.state_dir).map_err(|error| {
                 format!("cannot resolve {}: {error}", config.state_dir.display())
             })?;
-            let host = SandboxHost::new(HostConfig::new(state_dir, executable))
+            let mut host_config = HostConfig::new(state_dir, executable);
+            // The configuration file may hold the token: sandboxes must not read it.
+            host_config.hidden_paths = config
+                .config_file
+                .iter()
+                .filter_map(|path| std::fs::canonicalize(path).ok())
+                .collect();
+            let host = SandboxHost::new(host_config)
                 .await
                 .map_err(|error| format!("the local backend cannot sandbox code here: {error}"))?;
             tracing::info!(capabilities = %host.capabilities(), "local backend ready");
@@ -111,6 +124,8 @@ async fn serve(config: Config) -> Result<(), String> {
             }
             let local = LocalOptions {
                 images: config.images.clone(),
+                workspace_bytes: Some(config.workspace_bytes),
+                workspace_files: Some(config.workspace_files),
                 ..LocalOptions::default()
             };
             let executor = Arc::new(LocalExecutor::new(host, local));
@@ -133,6 +148,10 @@ async fn serve(config: Config) -> Result<(), String> {
             let connector = tcp_connector(&nomad)
                 .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
             let nomad_options = NomadOptions {
+                events: EventStreamConfig {
+                    heartbeat_timeout: Duration::from_secs(config.nomad_heartbeat_timeout_s),
+                    ..EventStreamConfig::default()
+                },
                 // Modification times of copied files; outside the simulation.
                 unix_time_at_start_s: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -145,6 +164,22 @@ async fn serve(config: Config) -> Result<(), String> {
             // Nomad's runners outlive this process: a restarted server recovers them.
             run_until_signal(server).await
         }
+    }
+}
+
+/// Raises the soft limit of open files so that `connections_max` connections fit beside the
+/// runners' descriptors (a service manager's default, 1,024, does not), and says if they do not.
+fn raise_open_files_limit(connections_max: usize) {
+    let connections = u64::try_from(connections_max).unwrap_or(u64::MAX / 4);
+    let wanted = (2 * connections + 4_096).max(65_536);
+    match trident_backends::local::raise_open_files_limit(wanted) {
+        Ok(limit) if limit < connections + 1_024 => tracing::warn!(
+            limit,
+            connections_max,
+            "the open-files limit leaves little room beside the connection limit; raise the hard limit (LimitNOFILE) or lower --max-connections"
+        ),
+        Ok(limit) => tracing::info!(limit, "open files"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
     }
 }
 

@@ -1436,3 +1436,77 @@ async fn same_seed_same_scenario_gives_the_same_event_log_byte_for_byte() {
     let other = scripted_scenario(43).await;
     assert_ne!(first, other, "the seed drives the ids");
 }
+
+#[tokio::test]
+async fn requests_are_counted_by_route_refused_ones_included() {
+    let fake = start(fast_config()).await;
+    fake.register("29-a").await;
+    fake.register("29-b").await;
+    fake.get("/v1/job/29-a").await;
+    fake.get("/v1/job/29-b").await;
+    fake.get("/v1/job/29-b/allocations").await;
+    fake.get("/v1/nothing/here").await;
+    fake.nomad
+        .inject(Fault::HttpErrors {
+            status: 500,
+            count: 1,
+        })
+        .expect("errors");
+    let (status, _, _) = fake.get("/v1/jobs?prefix=29-").await;
+    assert_eq!(status, 500);
+    let counts = fake.nomad.requests();
+    assert_eq!(counts.get("PUT /v1/jobs"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("GET /v1/job/:id"), Some(&2), "{counts:?}");
+    assert_eq!(
+        counts.get("GET /v1/job/:id/allocations"),
+        Some(&1),
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("GET /v1/jobs"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("GET (other)"), Some(&1), "{counts:?}");
+    assert_eq!(counts.values().sum::<u64>(), 7, "{counts:?}");
+    assert_eq!(fake.nomad.request_count("GET /v1/job/:id"), 2);
+    assert_eq!(fake.nomad.request_count("DELETE /v1/job/:id"), 0);
+}
+
+#[tokio::test]
+async fn seeded_jobs_run_at_once_under_one_index_without_events() {
+    let fake = start(fast_config()).await;
+    let before = fake.nomad.index();
+    let jobs: Vec<Value> = (0..50)
+        .map(|i| runner_job(&format!("29-{i:03}"))["Job"].clone())
+        .collect();
+    let index = fake
+        .nomad
+        .seed_running_jobs("default", &jobs)
+        .expect("seeded");
+    assert_eq!(index, before + 1);
+    assert_eq!(fake.nomad.event_log(), "", "no frames for seeded jobs");
+    let (status, list, headers) = fake.get("/v1/jobs?prefix=29-").await;
+    assert_eq!(status, 200);
+    let list = list.as_array().expect("a list").clone();
+    assert_eq!(list.len(), 50);
+    assert!(
+        list.iter().all(|job| job["Status"] == "running"),
+        "{list:?}"
+    );
+    assert_eq!(headers["X-Nomad-Index"], index.to_string().as_str());
+    let (_, allocations, _) = fake.get("/v1/job/29-007/allocations").await;
+    let allocations = allocations.as_array().expect("a list").clone();
+    assert_eq!(allocations.len(), 1);
+    assert_eq!(allocations[0]["ClientStatus"], "running");
+    assert_eq!(allocations[0]["CreateIndex"], index);
+    // The seeded allocations run: exec works in them.
+    let alloc = allocations[0]["ID"].as_str().expect("an id");
+    let result = exec(&fake, alloc, "echo seeded", b"").await;
+    assert_eq!(result.stdout, b"seeded\n");
+    // A job that exists already is refused, and nothing of the batch is stored.
+    let again = vec![runner_job("29-new")["Job"].clone(), jobs[0].clone()];
+    let (status, _) = fake
+        .nomad
+        .seed_running_jobs("default", &again)
+        .expect_err("a duplicate");
+    assert_eq!(status, 400);
+    let (status, _, _) = fake.get("/v1/job/29-new").await;
+    assert_eq!(status, 404);
+}

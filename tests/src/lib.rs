@@ -10,6 +10,10 @@
 //! trident-server --bin trident`, same profile and target directory), because cargo only hands
 //! the path of a binary to the tests of its own package.
 
+mod monitoring;
+
+pub use monitoring::{Metrics, Sample, Series, VictoriaMetrics};
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -63,13 +67,40 @@ pub fn server_binary() -> PathBuf {
         .clone()
 }
 
+/// How to start a [`Server`] beyond [`Server::start`]'s defaults.
+#[derive(Clone, Debug)]
+pub struct Launch<'a> {
+    /// Extra flags.
+    pub extra: &'a [&'a str],
+    /// `TRIDENT_LOG` (default: `$TRIDENT_TEST_LOG`, else `warn`).
+    pub log_filter: Option<&'a str>,
+    /// Write the server's stderr to a file ([`Server::logs`]) instead of the test's stderr.
+    pub capture_logs: bool,
+    /// The route whose success means "started" (default `/ready`: the first recovery is done).
+    pub wait_for: &'a str,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            extra: &[],
+            log_filter: None,
+            capture_logs: false,
+            wait_for: "/ready",
+        }
+    }
+}
+
 /// A `trident` process serving on an ephemeral port; stopped (SIGTERM) when dropped.
 pub struct Server {
     child: Child,
     base: String,
+    root: String,
     /// An HTTP client for it.
     pub client: reqwest::Client,
     _state: tempfile::TempDir,
+    /// The captured stderr, if [`Launch::capture_logs`].
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl std::fmt::Debug for Server {
@@ -96,34 +127,62 @@ impl Server {
 
     /// Starts `binary` (a `trident` built elsewhere, e.g. a benchmark's release build).
     pub async fn start_binary(binary: &std::path::Path, extra: &[&str]) -> Server {
+        Server::launch(
+            binary,
+            Launch {
+                extra,
+                ..Launch::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts the `trident` binary of this workspace as `launch` says.
+    pub async fn start_with(launch: Launch<'_>) -> Server {
+        Server::launch(&server_binary(), launch).await
+    }
+
+    /// Starts `binary` as `launch` says; returns once `launch.wait_for` answers with success.
+    pub async fn launch(binary: &std::path::Path, launch: Launch<'_>) -> Server {
+        let extra = launch.extra;
         let port = {
             let probe = TcpListener::bind("127.0.0.1:0").expect("a free port");
             probe.local_addr().expect("bound").port()
         };
         let state = tempfile::tempdir().expect("a temporary directory");
+        let log = launch
+            .capture_logs
+            .then(|| tempfile::NamedTempFile::new().expect("a log file"));
+        let stderr = match &log {
+            Some(file) => Stdio::from(file.reopen().expect("the log file opens")),
+            None => Stdio::inherit(),
+        };
+        let log_filter = launch.log_filter.map_or_else(
+            || std::env::var("TRIDENT_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            str::to_owned,
+        );
         let child = Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")
             .arg(state.path())
             .args(extra)
             // `TRIDENT_TEST_LOG=info cargo test …` shows the servers' logs when a test fails.
-            .env(
-                "TRIDENT_LOG",
-                std::env::var("TRIDENT_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
+            .env("TRIDENT_LOG", log_filter)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("the trident binary starts");
         let server = Server {
             child,
             base: format!("http://127.0.0.1:{port}/api/v1"),
+            root: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
             _state: state,
+            log,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(response) = server.client.get(server.url("/health")).send().await
+            if let Ok(response) = server.client.get(server.url(launch.wait_for)).send().await
                 && response.status().is_success()
             {
                 return server;
@@ -133,8 +192,32 @@ impl Server {
         }
     }
 
+    /// `path` under `/api/v1`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `path` from the server's root (`/metrics`).
+    pub fn root_url(&self, path: &str) -> String {
+        format!("{}{path}", self.root)
+    }
+
+    /// What the server wrote to stderr so far (its logs); needs [`Launch::capture_logs`].
+    pub fn logs(&self) -> String {
+        let file = self.log.as_ref().expect("started with capture_logs");
+        std::fs::read_to_string(file.path()).expect("the log file is readable")
+    }
+
+    /// `GET /metrics`, parsed; panics on a malformed exposition.
+    pub async fn metrics(&self) -> Metrics {
+        let response = self
+            .client
+            .get(self.root_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(response.status(), 200);
+        Metrics::parse(&response.text().await.expect("a body"))
     }
 
     /// Creates an environment with `pool` runners and waits until they are idle.

@@ -597,7 +597,10 @@ async fn a_fork_bomb_is_contained_and_the_server_stays_responsive() {
 async fn a_hundred_megabytes_of_output_stream_with_bounded_server_memory() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let (server, runner) = Server::with_runner(256).await;
+    // Above the default output limit (64 MiB, pinned by the hostile suite).
+    let server = Server::start(&["--max-output-bytes", "200000000"]).await;
+    server.environment(1, 1, 256).await;
+    let runner = server.claim(1, 0).await;
     let before_kib = server.peak_rss_kib();
     let url = server
         .execute_url(

@@ -142,7 +142,9 @@ pub struct HostConfig {
     /// Per-core clock in MHz used to turn an environment's `cpu_mhz` into a hard CFS quota. `None`
     /// (the default, like Nomad without `cpu_hard_limit`) sets only a relative share.
     pub cpu_hard_limit_core_mhz: Option<u32>,
-    /// Further host paths hidden inside sandboxes (beside `state_dir`).
+    /// Further host paths hidden inside sandboxes (beside `state_dir`): a directory is covered
+    /// by an empty read-only tmpfs, a file (the server's configuration file, say) by a `nodev`
+    /// bind of `/dev/null` that cannot be opened.
     pub hidden_paths: Vec<PathBuf>,
     /// Upper bound on a sandbox's start (init start, namespace and mount setup).
     pub create_timeout: Duration,
@@ -228,8 +230,18 @@ pub struct Limits {
     /// Size of the `/dev/shm` tmpfs in bytes; its pages count against the memory limit.
     /// `/tmp` is not bounded by it any more: it is a host directory of the runner (so that file
     /// operations can reach it, see [`crate::local::Workspace::with_tmp`]), bounded like the
-    /// workspace by the state dir's file system.
+    /// workspace by [`Limits::workspace_bytes`].
     pub tmp_bytes: u64,
+    /// Bytes the workspace and `/tmp` may hold together. When set (and the server runs as root,
+    /// see [`crate::local::Capabilities::workspace_quota`]), the runner's host directory is a
+    /// tmpfs of this size: a write beyond it fails with `ENOSPC` ("No space left on device")
+    /// inside the sandbox and with a clear error in file operations. Its pages are memory:
+    /// what the sandbox writes there counts against its memory limit (as in go-judge's tmpfs
+    /// workspaces). `None`: bounded only by the state dir's file system.
+    pub workspace_bytes: Option<u64>,
+    /// Files and directories the workspace and `/tmp` may hold together (the tmpfs's inode
+    /// count), with [`Limits::workspace_bytes`]. `None`: no bound of its own.
+    pub workspace_files: Option<u64>,
 }
 
 impl Default for Limits {
@@ -239,6 +251,8 @@ impl Default for Limits {
             pids_max: None,
             cpu_mhz: None,
             tmp_bytes: 64 * 1024 * 1024,
+            workspace_bytes: None,
+            workspace_files: None,
         }
     }
 }
@@ -259,7 +273,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Host name inside the sandbox.
     pub hostname: String,
-    /// Remove the workspace (and the runner's directory) on destroy.
+    /// Remove the workspace (and the runner's directory) on destroy. A workspace with a quota
+    /// (a tmpfs, see [`Limits::workspace_bytes`]) goes with the sandbox whatever this says.
     pub wipe_on_destroy: bool,
 }
 

@@ -42,6 +42,16 @@ const OBSERVATION_QUEUE: usize = 4_096;
 /// Processes per sandbox when nothing else is configured: enough for compilers and test
 /// runners, few enough that a fork bomb stays contained.
 pub const DEFAULT_PIDS_MAX: u64 = 512;
+/// Bytes a runner's workspace and `/tmp` may hold together when nothing else is configured:
+/// four times the largest upload CodeOcean has been seen sending (60 MB, Poseidon's issue #591),
+/// and little enough that a few dozen full runners fit in a small server's memory.
+pub const DEFAULT_WORKSPACE_BYTES: u64 = 256 * 1024 * 1024;
+/// Files and directories a runner's workspace and `/tmp` may hold together by default.
+pub const DEFAULT_WORKSPACE_FILES: u64 = 65_536;
+/// The kernel's `NAME_MAX`: bytes of one path component.
+const NAME_BYTES_MAX: usize = 255;
+/// The kernel's `PATH_MAX` less its terminating NUL.
+const PATH_BYTES_MAX: usize = 4_095;
 
 /// Settings of the local executor beyond the sandbox host's.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +61,13 @@ pub struct LocalOptions {
     pub images: BTreeMap<String, PathBuf>,
     /// Processes per sandbox; `None` for [`DEFAULT_PIDS_MAX`].
     pub pids_max: Option<u64>,
+    /// Bytes of each runner's workspace and `/tmp` together (a tmpfs, see
+    /// [`Limits::workspace_bytes`]); `None` for [`DEFAULT_WORKSPACE_BYTES`], `Some(0)` for no
+    /// quota.
+    pub workspace_bytes: Option<u64>,
+    /// Files and directories of each runner's workspace and `/tmp` together; `None` for
+    /// [`DEFAULT_WORKSPACE_FILES`], `Some(0)` for no bound.
+    pub workspace_files: Option<u64>,
     /// The address reported for exposed ports of runners with network access.
     pub port_host: Option<String>,
 }
@@ -177,6 +194,18 @@ impl LocalExecutor {
                 .then(|| u64::from(spec.memory_limit) * 1024 * 1024),
             pids_max: Some(self.options.pids_max.unwrap_or(DEFAULT_PIDS_MAX)),
             cpu_mhz: (spec.cpu_limit > 0).then_some(spec.cpu_limit),
+            workspace_bytes: Some(
+                self.options
+                    .workspace_bytes
+                    .unwrap_or(DEFAULT_WORKSPACE_BYTES),
+            )
+            .filter(|bytes| *bytes > 0),
+            workspace_files: Some(
+                self.options
+                    .workspace_files
+                    .unwrap_or(DEFAULT_WORKSPACE_FILES),
+            )
+            .filter(|files| *files > 0),
             ..Limits::default()
         };
         sandbox
@@ -290,9 +319,11 @@ async fn watch_runner(
 
 fn file_error(error: FileError) -> BackendError {
     match error {
-        FileError::Escape(_) | FileError::SymlinkEscape(_) | FileError::Invalid(_) => {
-            BackendError::BadRequest(error.to_string())
-        }
+        FileError::Escape(_)
+        | FileError::SymlinkEscape(_)
+        | FileError::Invalid(_)
+        | FileError::NameTooLong(_)
+        | FileError::NoSpace(_) => BackendError::BadRequest(error.to_string()),
         // Unreachable paths (`/proc/1/environ`, say) cannot be read: Poseidon answers 424 too.
         FileError::NotFound(_)
         | FileError::Unreachable(_)
@@ -511,6 +542,11 @@ impl Executor for LocalExecutor {
                 .iter()
                 .chain(update.copy.iter().map(|(p, _)| p));
             for path in paths {
+                if path.len() > PATH_BYTES_MAX
+                    || path.split('/').any(|name| name.len() > NAME_BYTES_MAX)
+                {
+                    return Err(file_error(FileError::NameTooLong(path.clone())));
+                }
                 match workspace.check(path) {
                     Ok(()) => {}
                     Err(FileError::Unreachable(_)) => unreachable.push(path.as_str()),
@@ -529,7 +565,9 @@ impl Executor for LocalExecutor {
                     Err(
                         error @ (FileError::Escape(_)
                         | FileError::SymlinkEscape(_)
-                        | FileError::Invalid(_)),
+                        | FileError::Invalid(_)
+                        | FileError::NameTooLong(_)
+                        | FileError::NoSpace(_)),
                     ) => return Err(BackendError::BadRequest(error.to_string())),
                     Err(other) => {
                         return Err(BackendError::Failed(format!("file copy failed: {other}")));

@@ -96,6 +96,13 @@ pub enum FileError {
     /// The listing has more than [`MAX_LIST_ENTRIES`] entries.
     #[error("listing {0:?} has more than {MAX_LIST_ENTRIES} entries")]
     TooManyEntries(String),
+    /// A component of the path is longer than 255 bytes, or the whole path longer than 4,095
+    /// (the kernel's `NAME_MAX` and `PATH_MAX`).
+    #[error("path {0:?} is too long: a name may have 255 bytes, a path 4095")]
+    NameTooLong(String),
+    /// The workspace (with `/tmp`) is full: its quota of bytes or of files is used up.
+    #[error("no space left for {0:?}: the workspace's quota of bytes or files is used up")]
+    NoSpace(String),
     /// Any other failure of a system call.
     #[error("{op} {path:?}: {source}")]
     Io {
@@ -370,11 +377,15 @@ impl Workspace {
         }
         self.adopt(fd.as_fd(), FILE_MODE, path)?;
         let mut file = File::from(fd);
-        file.write_all(content).map_err(|e| FileError::Io {
-            op: "write",
-            path: path.to_owned(),
-            source: e,
-        })?;
+        file.write_all(content)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => FileError::NoSpace(path.to_owned()),
+                _ => FileError::Io {
+                    op: "write",
+                    path: path.to_owned(),
+                    source: e,
+                },
+            })?;
         Ok(())
     }
 
@@ -567,6 +578,8 @@ fn map_errno(e: Errno, op: &'static str, client: &str) -> FileError {
         // RESOLVE_BENEATH: a step of the resolution would leave the workspace.
         Errno::EXDEV => FileError::SymlinkEscape(client.to_owned()),
         Errno::ELOOP => FileError::SymlinkEscape(client.to_owned()),
+        Errno::ENAMETOOLONG => FileError::NameTooLong(client.to_owned()),
+        Errno::ENOSPC | Errno::EDQUOT => FileError::NoSpace(client.to_owned()),
         e => FileError::Io {
             op,
             path: client.to_owned(),

@@ -395,12 +395,36 @@ fn build_sandbox(setup: &Setup) -> Result<(), Failure> {
     )
     .stage(|| "make the root file system read-only (mount_setattr needs Linux 5.12)".into())?;
 
-    // Hide host paths that other runners' data lives under.
+    // Hide host paths that other runners' data lives under (directories) and the server's own
+    // secrets (files, such as its configuration file with the API token).
     for hidden in &setup.hidden {
         let Ok(relative) = hidden.strip_prefix("/") else {
             continue;
         };
-        if relative.as_os_str().is_empty() || !Path::new(".").join(relative).is_dir() {
+        let inside = Path::new(".").join(relative);
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        if inside.is_file() {
+            // The host's /dev/null over it on a nodev mount: opening it is refused (EACCES).
+            mount(
+                Some("/dev/null"),
+                relative,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .stage(|| format!("hide {hidden:?}"))?;
+            let relative_c = cstring(relative)?;
+            sys::mount_setattr(
+                &relative_c,
+                false,
+                sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            )
+            .stage(|| format!("seal {hidden:?}"))?;
+            continue;
+        }
+        if !inside.is_dir() {
             continue;
         }
         mount(

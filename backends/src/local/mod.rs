@@ -56,3 +56,4 @@ pub use executor::{LocalExecution, LocalExecutor, LocalOptions};
 pub use files::{FileError, FileHeader, Workspace};
 pub use probe::{Capabilities, LimitMechanism};
 pub use sandbox::{InitExit, Sandbox, SandboxHost};
+pub use sys::raise_open_files_limit;

@@ -76,6 +76,9 @@ pub struct Capabilities {
     pub cpu: LimitMechanism,
     /// How executions are killed.
     pub kill: KillMechanism,
+    /// Whether a workspace quota can be enforced: each runner's directory becomes a tmpfs of
+    /// the quota's size, which only a server that may mount on the host (root) can make.
+    pub workspace_quota: bool,
 }
 
 impl Capabilities {
@@ -93,6 +96,7 @@ impl Capabilities {
                 Some(CgroupVersion::V1) => KillMechanism::CgroupV1,
                 None => KillMechanism::ProcessGroup,
             },
+            workspace_quota: false,
         }
     }
 }
@@ -110,9 +114,14 @@ impl fmt::Display for Capabilities {
                 "single id (sandbox 0 → host {host_uid}; unprivileged executions are uid 0 without capabilities)"
             ),
         };
+        let quota = if self.workspace_quota {
+            "tmpfs"
+        } else {
+            "not enforced (needs a server that may mount, i.e. root)"
+        };
         write!(
             f,
-            "local sandbox: kernel {}, namespaces user+mount+pid+ipc+uts+cgroup(+net), {ids}; memory limit: {}, process limit: {}, cpu share: {}, execution kill: {:?}",
+            "local sandbox: kernel {}, namespaces user+mount+pid+ipc+uts+cgroup(+net), {ids}; memory limit: {}, process limit: {}, cpu share: {}, execution kill: {:?}, workspace quota: {quota}",
             self.kernel, self.memory, self.pids, self.cpu, self.kill
         )
     }

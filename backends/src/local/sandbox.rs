@@ -66,7 +66,8 @@ impl SandboxHost {
         })?;
         let mut cgroups = CgroupLayout::detect(&config.cgroup_parent);
         cgroups.prepare();
-        let capabilities = Capabilities::new(&cgroups, id_map);
+        let mut capabilities = Capabilities::new(&cgroups, id_map);
+        capabilities.workspace_quota = quota::probe(&config.state_dir);
         Ok(SandboxHost {
             config: Arc::new(config),
             workspace_name,
@@ -124,6 +125,7 @@ impl SandboxHost {
             cgroup: None,
             exec_counter: AtomicU64::new(0),
             wipe_on_destroy: spec.wipe_on_destroy,
+            quota_mounted: false,
             torn_down: false,
         };
         let timeout = self.config.create_timeout;
@@ -147,6 +149,14 @@ impl SandboxHost {
         rootfs: PathBuf,
     ) -> Result<(), SandboxError> {
         let config = &self.config;
+        let limits = &spec.limits;
+        if self.capabilities.workspace_quota
+            && (limits.workspace_bytes.is_some() || limits.workspace_files.is_some())
+        {
+            quota::mount(&sandbox.dir, limits.workspace_bytes, limits.workspace_files)
+                .map_err(|e| SandboxError::io("mount the runner's quota tmpfs", e))?;
+            sandbox.quota_mounted = true;
+        }
         // The workspace belongs to the sandbox user, so that commands can create files in it.
         fs::create_dir(&sandbox.workspace_dir)
             .map_err(|e| SandboxError::io("create the workspace", e))?;
@@ -237,12 +247,19 @@ impl SandboxHost {
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
         let theirs_raw = theirs.as_raw_fd();
-        // SAFETY: the closure runs between fork and execve in the child and only calls dup2 and
-        // fcntl, which are async-signal-safe. It moves the init's end of the control socket to
-        // the fd number the init expects; dup2 clears close-on-exec on the copy (and when the
-        // fd already has that number, fcntl clears it).
+        let open_files = sys::starting_open_files_limit();
+        // SAFETY: the closure runs between fork and execve in the child and only calls dup2,
+        // fcntl and setrlimit, which are async-signal-safe. It moves the init's end of the
+        // control socket to the fd number the init expects; dup2 clears close-on-exec on the
+        // copy (and when the fd already has that number, fcntl clears it). The sandbox gets
+        // the open-files limit the server started with, not the one it raised for itself.
         unsafe {
             command.pre_exec(move || {
+                if let Some(limit) = &open_files
+                    && libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if theirs_raw == crate::local::init::CONTROL_FD {
                     if libc::fcntl(theirs_raw, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -421,6 +438,8 @@ pub struct Sandbox {
     cgroup: Option<SandboxCgroup>,
     exec_counter: AtomicU64,
     wipe_on_destroy: bool,
+    /// The runner's directory is a tmpfs of the workspace quota (see [`quota`]).
+    quota_mounted: bool,
     torn_down: bool,
 }
 
@@ -646,6 +665,11 @@ impl Sandbox {
     }
 
     fn remove_dirs(&self) {
+        if self.quota_mounted {
+            // The workspace, /tmp and the root mount point live in the tmpfs: they go with it.
+            quota::unmount(&self.dir);
+            return;
+        }
         let _ = fs::remove_dir(self.dir.join("root"));
         // /tmp is scratch space: it goes with the sandbox whatever happens to the workspace.
         let _ = fs::remove_dir_all(&self.tmp_dir);
@@ -678,5 +702,65 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.teardown_blocking();
+    }
+}
+
+/// The workspace quota: a runner's directory (`<state_dir>/<id>`, holding its workspace, its
+/// `/tmp` and its root mount point) is a tmpfs with a size and an inode bound, mounted by the
+/// server on the host before the sandbox starts.
+///
+/// Mounted on the host, not inside the sandbox, so that file operations keep resolving host
+/// paths in the server's own mount namespace (see [`crate::local::Workspace::with_tmp`] for
+/// why that matters) and host root may create files in it. Sandboxes created while it exists
+/// may hold copies of it in their mount namespaces (a recursive bind of the host directory that
+/// contains the state dir, hidden under an empty tmpfs but still referenced); removing the
+/// mount point after the unmount detaches those copies too (the kernel unmounts mounts on a
+/// removed directory in every namespace since Linux 3.18), so the memory is freed at once.
+mod quota {
+    use std::io;
+    use std::path::Path;
+
+    use nix::mount::{MntFlags, MsFlags};
+
+    /// Whether this server may mount a tmpfs on the host: tries it once in the state dir.
+    pub(super) fn probe(state_dir: &Path) -> bool {
+        let dir = state_dir.join(format!(".quota-probe-{}", std::process::id()));
+        if std::fs::create_dir(&dir).is_err() {
+            return false;
+        }
+        let mounted = mount(&dir, Some(4096), Some(16)).is_ok();
+        if mounted {
+            unmount(&dir);
+        } else {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        mounted
+    }
+
+    /// Mounts a tmpfs of `bytes` and `files` (both at least 1; `None` for the kernel's default)
+    /// on `dir`, readable like the directory it covers.
+    pub(super) fn mount(dir: &Path, bytes: Option<u64>, files: Option<u64>) -> io::Result<()> {
+        let mut options = String::from("mode=0755");
+        // tmpfs reads 0 as "no bound", so a bound is at least 1.
+        if let Some(bytes) = bytes {
+            options.push_str(&format!(",size={}", bytes.max(1)));
+        }
+        if let Some(files) = files {
+            options.push_str(&format!(",nr_inodes={}", files.max(1)));
+        }
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(io::Error::from)
+    }
+
+    /// Detaches the tmpfs on `dir` and removes the mount point (see the module documentation).
+    pub(super) fn unmount(dir: &Path) {
+        let _ = nix::mount::umount2(dir, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(dir);
     }
 }

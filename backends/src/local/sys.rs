@@ -6,6 +6,45 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
+/// The `RLIMIT_NOFILE` this process started with, once [`raise_open_files_limit`] changed it.
+static STARTING_OPEN_FILES_LIMIT: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises this process's soft limit of open files to `wanted` (at most its hard limit) and
+/// returns the soft limit in force. A server holds a socket per connection and a few fds per
+/// runner and execution; the soft limit a service manager hands out (often 1,024) is less than
+/// the connection limit's default. Sandboxes started later get the limit this process started
+/// with back (see [`starting_open_files_limit`]), not the raised one.
+pub fn raise_open_files_limit(wanted: u64) -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let target = wanted.min(limit.rlim_max);
+    if target <= limit.rlim_cur {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let _ = STARTING_OPEN_FILES_LIMIT.set(limit);
+    Ok(target)
+}
+
+/// The open-files limit to give a sandbox's init: the one this process started with, if
+/// [`raise_open_files_limit`] raised it.
+pub(crate) fn starting_open_files_limit() -> Option<libc::rlimit> {
+    STARTING_OPEN_FILES_LIMIT.get().copied()
+}
+
 /// `pidfd_open(2)` (Linux 5.3): a handle on a process that cannot be confused with a later
 /// process that reuses its pid.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {

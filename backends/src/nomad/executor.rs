@@ -1,11 +1,14 @@
 //! [`NomadExecutor`]: the control plane of the Nomad backend, as an [`Executor`].
 //!
 //! - Environments are template jobs, runners are runner jobs ([`super::jobs`]); registering
-//!   either waits for its evaluation (a placement failure is an error, so is a timeout — never
-//!   success, unlike Poseidon's §6.5).
+//!   either waits for its evaluation ([`super::evaluations`]): through the event stream first,
+//!   polling `GET /v1/evaluation/:id` when the stream has not answered within
+//!   [`NomadOptions::evaluation_poll_interval`]. A placement failure is an error, so is a
+//!   timeout — never success, unlike Poseidon's §6.5.
 //! - Observations come from one owned task that seeds an [`AllocationTracker`] from the
-//!   allocation list, follows the event stream from that index, feeds every frame to the tracker,
-//!   and re-seeds on every `Resync` (gap, undecodable frame).
+//!   allocation list, follows the event stream from that index, feeds every frame to the tracker
+//!   and its evaluations to the [`EvaluationBoard`], and re-seeds on every `Resync` (gap,
+//!   undecodable frame).
 //! - Claim marks are kept in each environment's ledger (the template job's `config` group meta)
 //!   and written by re-registering the template; the inventory reads one job list plus one
 //!   template per environment.
@@ -23,7 +26,10 @@
 //!   `FileNotFound`), then `cat` streams it through a bounded queue into the reader.
 //!
 //! A runner without a running allocation is `RunnerNotFound`; paths that climb out of the
-//! working directory with `..` are `BadRequest` ([`commands::check_path`]).
+//! working directory with `..` are `BadRequest` ([`commands::check_path`]). A file command whose
+//! session ends without an exit frame (`nomad-api.md` §10 row 21) is `Unavailable`, not the
+//! exit 0 Poseidon reads into it: the copy or listing may not have finished. Interactive
+//! executions keep Poseidon's reading (exit 0, logged).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -43,10 +49,12 @@ use trident_core::{
 use super::client::{AllocationQuery, NomadClient, NomadError};
 use super::commands::{self, CommandError, LsParser, StderrFifo};
 use super::connector::Connector;
+use super::evaluations::{self, EvaluationBoard};
 use super::events::{EventStream, EventStreamConfig, StreamItem};
-use super::exec::{ExecClient, ExecError, ExecSession, SplitExecution, choose_allocation};
+use super::exec::{
+    ExecClient, ExecError, ExecSession, SessionEnd, SplitExecution, choose_allocation,
+};
 use super::jobs::{self, JobSettings};
-use super::model::EvaluationStatus;
 use super::tracker::AllocationTracker;
 use crate::executor::{
     BackendError, ExecutionEvent, ExecutionRequest, Executor, FileDownload, FileHeader, FileUpdate,
@@ -55,8 +63,6 @@ use crate::executor::{
 
 /// Observations waiting for the driver.
 const OBSERVATION_QUEUE: usize = 4_096;
-/// How often an evaluation is polled while waiting for it.
-const EVALUATION_POLL: Duration = Duration::from_millis(100);
 /// Pause before re-seeding after a failed allocation list.
 const SEED_RETRY: Duration = Duration::from_secs(1);
 /// Most bytes kept of a file command's stdout or stderr for an error message.
@@ -71,6 +77,10 @@ pub struct NomadOptions {
     pub jobs: JobSettings,
     /// How long a registration may wait for its evaluation (Poseidon: 10 s).
     pub evaluation_timeout: Duration,
+    /// How long a registration waits for its evaluation on the event stream before it polls
+    /// `GET /v1/evaluation/:id`, and the pause between polls. Nomad's scheduler takes
+    /// milliseconds, so with a healthy stream no poll is ever made.
+    pub evaluation_poll_interval: Duration,
     /// The event stream's settings (its start index is set by the executor).
     pub events: EventStreamConfig,
     /// Unix seconds when the executor is created: the modification time of copied files is this
@@ -98,6 +108,7 @@ impl Default for NomadOptions {
         Self {
             jobs: JobSettings::default(),
             evaluation_timeout: Duration::from_secs(10),
+            evaluation_poll_interval: Duration::from_secs(1),
             events: EventStreamConfig::default(),
             unix_time_at_start_s: 0,
             frame_probe: None,
@@ -122,6 +133,8 @@ pub struct NomadExecutor<C: Connector> {
     /// across the template's re-registration, which serialises writers of one ledger.
     environments: tokio::sync::Mutex<BTreeMap<EnvironmentId, EnvironmentState>>,
     observations: Mutex<Option<mpsc::Receiver<Observation>>>,
+    /// Terminal evaluations from the event stream, for the registrations waiting on them.
+    evaluations: Arc<EvaluationBoard>,
     follower: tokio::task::JoinHandle<()>,
 }
 
@@ -144,9 +157,11 @@ impl<C: Connector> NomadExecutor<C> {
         // Owned by the follower task alone; the inventory reads a fresh allocation list.
         let tracker = Arc::new(Mutex::new(AllocationTracker::new()));
         let (sender, receiver) = mpsc::channel(OBSERVATION_QUEUE);
+        let evaluations = Arc::new(EvaluationBoard::new());
         let follower = tokio::spawn(follow(
             client.clone(),
             Arc::clone(&tracker),
+            Arc::clone(&evaluations),
             sender,
             options.events.clone(),
             options.frame_probe.clone(),
@@ -158,6 +173,7 @@ impl<C: Connector> NomadExecutor<C> {
             options,
             environments: tokio::sync::Mutex::new(BTreeMap::new()),
             observations: Mutex::new(Some(receiver)),
+            evaluations,
             follower,
         }
     }
@@ -168,49 +184,54 @@ impl<C: Connector> NomadExecutor<C> {
         let Some(evaluation) = response.eval_id.filter(|id| !id.is_empty()) else {
             return Ok(());
         };
-        let waited = tokio::time::timeout(self.options.evaluation_timeout, async {
-            loop {
-                match self.client.read_evaluation(&evaluation).await {
-                    Ok(Some(found)) => match found.value.status {
-                        EvaluationStatus::Complete
-                            if found.value.failed_task_group_allocations.is_empty() =>
-                        {
-                            return Ok(());
+        let timeout = self.options.evaluation_timeout;
+        tokio::time::timeout(timeout, self.wait_for_evaluation(&evaluation))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackendError::Unavailable(format!(
+                    "evaluation {evaluation} did not finish within {timeout:?}"
+                )))
+            })
+    }
+
+    /// Waits for a terminal evaluation: from the event stream, or, when the stream has not
+    /// answered within a poll interval, from `GET /v1/evaluation/:id`, whichever is first. The
+    /// caller bounds the wait.
+    async fn wait_for_evaluation(&self, id: &str) -> Result<(), BackendError> {
+        // The watch is registered after the register call answered; an evaluation the stream
+        // reported before that is on the board already (nomad-api.md §10 row 13).
+        let mut watch = self.evaluations.watch(id);
+        let interval = self.options.evaluation_poll_interval;
+        // tokio's clock, which the simulation controls.
+        let mut poll_at = tokio::time::Instant::now() + interval;
+        let mut streamed = true;
+        loop {
+            tokio::select! {
+                biased;
+                finished = watch.finished(), if streamed => match finished {
+                    Some(evaluation) => return evaluations::judge(&evaluation),
+                    // Replaced by another watch of the same id: polling alone answers.
+                    None => streamed = false,
+                },
+                () = tokio::time::sleep_until(poll_at) => {
+                    tracing::debug!(evaluation = id, "the event stream has not reported the evaluation yet: polling");
+                    match self.client.read_evaluation(id).await {
+                        Ok(Some(found)) if found.value.status.is_terminal() => {
+                            return evaluations::judge(&found.value);
                         }
-                        EvaluationStatus::Complete => {
-                            return Err(BackendError::Unavailable(format!(
-                                "evaluation {evaluation} could not place every allocation: {}",
-                                serde_json::Value::Object(
-                                    found
-                                        .value
-                                        .failed_task_group_allocations
-                                        .clone()
-                                        .into_iter()
-                                        .collect()
-                                )
-                            )));
+                        // Not terminal, or not visible yet on the server that answered.
+                        Ok(_) => {}
+                        Err(error) if !error.is_transient() => return Err(nomad_error(error)),
+                        // The client retried already; the stream may still answer, and the
+                        // caller's deadline bounds the wait.
+                        Err(error) => {
+                            tracing::warn!(evaluation = id, %error, "polling the evaluation failed");
                         }
-                        EvaluationStatus::Failed | EvaluationStatus::Canceled => {
-                            return Err(BackendError::Failed(format!(
-                                "evaluation {evaluation} ended {:?}: {}",
-                                found.value.status, found.value.status_description
-                            )));
-                        }
-                        _ => {}
-                    },
-                    Ok(None) => {}
-                    Err(error) => return Err(nomad_error(error)),
+                    }
+                    poll_at = tokio::time::Instant::now() + interval;
                 }
-                tokio::time::sleep(EVALUATION_POLL).await;
             }
-        })
-        .await;
-        waited.unwrap_or_else(|_| {
-            Err(BackendError::Unavailable(format!(
-                "evaluation {evaluation} did not finish within {:?}",
-                self.options.evaluation_timeout
-            )))
-        })
+        }
     }
 
     /// Writes an environment's ledger by re-registering its template.
@@ -241,6 +262,7 @@ fn nomad_error(error: NomadError) -> BackendError {
 async fn follow<C: Connector>(
     client: NomadClient<C>,
     tracker: Arc<Mutex<AllocationTracker>>,
+    evaluations: Arc<EvaluationBoard>,
     sender: mpsc::Sender<Observation>,
     config: EventStreamConfig,
     probe: Option<FrameProbe>,
@@ -279,6 +301,7 @@ async fn follow<C: Connector>(
                     if let Some(probe) = &probe {
                         (probe.0)(subscription, frame.index);
                     }
+                    evaluations.take_events(&frame.events);
                     let observations = lock(&tracker).apply_frame(&frame);
                     for observation in observations {
                         if sender.send(observation).await.is_err() {
@@ -420,6 +443,17 @@ impl<C: Connector> NomadExecutor<C> {
                     ExecutionEvent::Stdout(bytes) => on_stdout(&bytes),
                     ExecutionEvent::Stderr(bytes) => keep(&mut output.stderr, &bytes),
                     ExecutionEvent::Exited(code) => {
+                        // Poseidon reads a session that ended without an exit frame as exit 0
+                        // (nomad-api.md §7.5); for a file command that would confirm a copy or
+                        // a listing nobody saw finish (§10 row 21): the result is unknown.
+                        if let Some(end) = session
+                            .end()
+                            .filter(|end| !matches!(end, SessionEnd::Exited { .. }))
+                        {
+                            return Err(BackendError::Unavailable(format!(
+                                "the file command ended without an exit code: {end:?}"
+                            )));
+                        }
                         output.exit = code;
                         return Ok(());
                     }

@@ -2,7 +2,7 @@
 //! turns Nomad's event stream into runner observations, and the job JSON and claim ledger
 //! ([`jobs`]) — all three pure — and the I/O around them: the
 //! typed HTTP client ([`client`]) over a pluggable [`connector`], its retry policy ([`retry`]),
-//! the event-stream task ([`events`]), the commands Trident runs in allocations and the `ls`
+//! the event-stream task ([`events`]), the evaluation waiters ([`evaluations`]), the commands Trident runs in allocations and the `ls`
 //! parser ([`commands`], pure), the exec WebSocket client ([`exec`]), and the backend itself,
 //! control plane and data plane, as an `Executor` ([`executor`]).
 //!
@@ -16,6 +16,7 @@
 pub mod client;
 pub mod commands;
 pub mod connector;
+pub mod evaluations;
 pub mod events;
 pub mod exec;
 pub mod executor;

@@ -1,5 +1,5 @@
-//! Nomad's wire format, as far as the allocation tracker reads it (`reference/nomad-api.md` §1.3,
-//! §5 and §6).
+//! Nomad's wire format, as far as the allocation tracker and the evaluation waiters read it
+//! (`reference/nomad-api.md` §1.3, §4, §5 and §6).
 //!
 //! Only what the tracker needs is modelled; every other key is ignored, so a newer Nomad that adds
 //! fields decodes unchanged. Nomad's encoder makes three shapes of "nothing": a key left out (the
@@ -375,8 +375,7 @@ pub struct Event {
     pub payload: Payload,
 }
 
-/// An event's payload: one object keyed by its kind. Evaluations are not modelled (the tracker
-/// does not read them), so their payloads decode as empty.
+/// An event's payload: one object keyed by its kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Payload {
     /// For topic `Allocation`: the allocation (without its job).
@@ -385,6 +384,9 @@ pub struct Payload {
     /// For topic `Job`: the job.
     #[serde(rename = "Job", default)]
     pub job: Option<JobPayload>,
+    /// For topic `Evaluation`: the evaluation, which registrations wait for (`nomad-api.md` §4).
+    #[serde(rename = "Evaluation", default)]
+    pub evaluation: Option<Evaluation>,
 }
 
 /// The part of a job payload the tracker reads: its id, in case an event's `Key` is empty.
@@ -813,7 +815,14 @@ mod tests {
             Some("4-j")
         );
         assert_eq!(frame.events[1].topic, Topic::Evaluation);
-        assert_eq!(frame.events[1].payload, Payload::default());
+        let evaluation = frame.events[1]
+            .payload
+            .evaluation
+            .as_ref()
+            .expect("an evaluation payload");
+        assert_eq!(evaluation.id, "e-1");
+        assert_eq!(evaluation.status, EvaluationStatus::Pending);
+        assert_eq!(evaluation.triggered_by, "job-deregister");
         assert_eq!(frame.events[2].topic, Topic::Unknown("Node".into()));
         assert_eq!(
             frame.events[2].kind,

@@ -50,9 +50,12 @@ impl Manager {
             .collect();
         // Every lease persisted anywhere in the inventory was issued: lift the counter above it
         // before anything else, whatever becomes of the runner (stopped, dropped, adopted).
+        // Leases from `Lease::MAX` up were never issued; their runners are stopped below.
         for listed_runner in &inventory.runners {
-            if let RunnerMark::Claimed(mark) = listed_runner.mark {
-                self.next_lease = self.next_lease.max(mark.lease.0.saturating_add(1));
+            if let RunnerMark::Claimed(mark) = listed_runner.mark
+                && mark.lease < Lease::MAX
+            {
+                self.next_lease = self.next_lease.max(mark.lease.0 + 1);
             }
         }
         for listed_runner in inventory.runners {
@@ -230,8 +233,10 @@ impl Manager {
         }
         let claim = match listed.mark {
             RunnerMark::Idle => None,
-            RunnerMark::Claimed(mark) => Some(mark),
-            RunnerMark::Retired => {
+            RunnerMark::Claimed(mark) if mark.lease < Lease::MAX => Some(mark),
+            // A lease no manager issued: the mark is corrupt and whoever wrote it may use the
+            // runner. Stopped like a retired one, never handed out.
+            RunnerMark::Claimed(_) | RunnerMark::Retired => {
                 // Dirty and given up on by an earlier manager: finish the job.
                 self.adopt(id, generation, now, stopping());
                 self.effects.push_back(Effect::StopRunner { runner: id });

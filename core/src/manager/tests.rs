@@ -941,6 +941,41 @@ fn reconciliation_adopts_unknown_runners_with_their_persisted_claims() {
 }
 
 #[test]
+fn a_persisted_lease_no_manager_issued_is_stopped_and_does_not_exhaust_the_counter() {
+    let mut fixture = Fixture::new();
+    let corrupt = RunnerId::new(ENV, Uuid(1));
+    let idle = RunnerId::new(ENV, Uuid(2));
+    let mark = |lease| ClaimMark {
+        lease,
+        inactivity_timeout: None,
+    };
+    fixture.manager.reconcile(
+        fixture.now,
+        Inventory {
+            as_of: fixture.now,
+            environments: vec![(ENV, spec(1))],
+            runners: vec![
+                listed(
+                    corrupt,
+                    InventoryStatus::Running(ports(80)),
+                    Some(mark(Lease(u64::MAX))),
+                ),
+                listed(idle, InventoryStatus::Running(ports(80)), None),
+            ],
+        },
+    );
+    // Found by the `manager` fuzz target: the counter was lifted to `u64::MAX` and the next
+    // claim overflowed it.
+    assert_eq!(stops(&fixture.drain()), vec![corrupt]);
+    assert!(fixture.manager.claimed_runner(corrupt).is_none());
+    assert_eq!(fixture.claim(None).lease, Lease(1));
+    fixture
+        .manager
+        .check_invariants()
+        .expect("the invariants hold");
+}
+
+#[test]
 fn a_claim_made_just_before_a_resync_wins_over_an_inventory_that_says_idle() {
     let mut fixture = Fixture::new();
     let idle = fixture.ready_pool(1);

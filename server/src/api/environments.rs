@@ -97,7 +97,18 @@ pub(super) async fn put<E: Executor>(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_environment(&environment)?;
     let spec: EnvironmentSpec = decode(&body)?;
-    match state.manager.put_environment(id, spec).await {
+    let measured = state.monitor.influx_enabled().then(|| spec.clone());
+    let outcome = state.manager.put_environment(id, spec).await;
+    if let (Some(spec), Ok(outcome @ (PutOutcome::Created | PutOutcome::Updated))) =
+        (measured, &outcome)
+    {
+        let environments = environment_count(&state).await;
+        let created = matches!(outcome, PutOutcome::Created);
+        state
+            .monitor
+            .environment_put(id, &spec, created, environments);
+    }
+    match outcome {
         Ok(PutOutcome::Created) => {
             tracing::info!(environment = %id, "environment created");
             Ok(StatusCode::CREATED)
@@ -122,9 +133,22 @@ pub(super) async fn delete<E: Executor>(
     match state.manager.apply(Input::DeleteEnvironment { id }).await? {
         Reply::Delete(Ok(())) => {
             tracing::info!(environment = %id, "environment deleted");
+            if state.monitor.influx_enabled() {
+                let environments = environment_count(&state).await;
+                state.monitor.environment_deleted(id, environments);
+            }
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Reply::Delete(Err(_)) => Err(ApiError::NotFoundEmpty),
         other => Err(super::runners::unexpected(other)),
     }
+}
+
+/// How many environments there are now, for Poseidon's `poseidon_environments` count.
+async fn environment_count<E: Executor>(state: &AppState<E>) -> usize {
+    state
+        .manager
+        .query(|manager| manager.environment_ids().count())
+        .await
+        .unwrap_or(0)
 }

@@ -6,11 +6,9 @@
 //! the bytes of every text frame go to stdin; a binary frame stops the input silently; a close
 //! frame cancels the execution.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
@@ -18,36 +16,34 @@ use axum::extract::ws::{
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
-use trident_backends::{ExecutionEvent, ExecutionRequest, Executor, RunningExecution};
+use trident_backends::{ExecutionEvent, Executor, RunningExecution};
 use trident_core::{DownCause, ExecutionId, Input, LeaseEndCause, RunnerId};
 
-use super::{ApiError, AppState, PENDING_EXECUTIONS_PER_RUNNER_MAX, Query, claimed_runner, decode};
+use super::bodies::{ClientAction, ClientFrame, ClientInput, ExecuteBody};
+use super::{
+    ApiError, AppState, PENDING_EXECUTIONS_PER_RUNNER_MAX, Query, WEBSOCKET, claimed_runner, decode,
+};
+use crate::monitoring::RequestIds;
+use crate::monitoring::requests::RequestStart;
 
 /// How long a command may take to stop after the interrupt, before its process tree is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// How long the client may take to accept a message outside the output loop (`start`, the
+/// ending, the close): one that stopped reading must not hold the execution's task forever.
+const LAST_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Stdin is queued in pieces of at most this many bytes, so that the queue's bound of
+/// `STDIN_QUEUE` pieces bounds bytes, not messages.
+const STDIN_PIECE_BYTES: usize = 8 * 1024;
 /// Poseidon's error texts; CodeOcean matches the OOM one exactly.
 const OOM_MESSAGE: &str = "the allocation was OOM Killed";
 const STOPPED_MESSAGE: &str = "the allocation stopped as expected";
 const GENERIC_MESSAGE: &str = "Error executing the request";
-
-/// `POST /execute`'s body.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ExecuteBody {
-    command: String,
-    #[serde(default)]
-    privileged_execution: bool,
-    /// Seconds; 0 means no limit.
-    #[serde(default)]
-    time_limit: u64,
-    #[serde(default)]
-    environment: BTreeMap<String, String>,
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -66,6 +62,9 @@ pub(super) async fn execute<E: Executor>(
 ) -> Result<Json<ExecuteAnswer>, ApiError> {
     let runner = claimed_runner(&state, &runner).await?;
     let body: ExecuteBody = decode(&body)?;
+    if let Some(problem) = unrunnable(&body) {
+        return Err(ApiError::BadRequest(problem));
+    }
     let execution = {
         let mut ids = state
             .ids
@@ -73,18 +72,21 @@ pub(super) async fn execute<E: Executor>(
             .map_err(|_| ApiError::BadRequest("id source unavailable".into()))?;
         ExecutionId(ids.next_uuid())
     };
-    {
+    let waiting = {
         let mut pending = state
             .pending_executions
             .lock()
             .map_err(|_| ApiError::BadRequest("execution store unavailable".into()))?;
-        if pending.count_for(runner) >= PENDING_EXECUTIONS_PER_RUNNER_MAX {
+        let waiting = pending.count_for(runner);
+        if waiting >= PENDING_EXECUTIONS_PER_RUNNER_MAX {
             return Err(ApiError::BadRequest(format!(
                 "the runner already has {PENDING_EXECUTIONS_PER_RUNNER_MAX} executions waiting for their WebSocket"
             )));
         }
         pending.by_id.insert(execution, (runner, body));
-    }
+        waiting + 1
+    };
+    state.monitor.execution_stored(runner, execution, waiting);
     let host = headers
         .get(header::HOST)
         .and_then(|host| host.to_str().ok())
@@ -104,8 +106,10 @@ pub(super) async fn websocket<E: Executor>(
     Path(runner): Path<String>,
     query: Query,
     headers: HeaderMap,
+    request_start: Option<Extension<RequestStart>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let request_start = request_start.map_or_else(Instant::now, |Extension(start)| start.0);
     let runner = claimed_runner(&state, &runner).await?;
     let execution: Option<ExecutionId> = query.get("executionID").and_then(|id| id.parse().ok());
     let body = {
@@ -123,16 +127,62 @@ pub(super) async fn websocket<E: Executor>(
     let (Some(execution), Some(body)) = (execution, body) else {
         return Err(ApiError::NotFound("execution id unknown".into()));
     };
+    let waiting = state
+        .pending_executions
+        .lock()
+        .map_or(0, |pending| pending.count_for(runner));
+    state.monitor.execution_taken(runner, execution, waiting);
     if !same_origin(&headers) {
         return Ok(StatusCode::FORBIDDEN.into_response());
     }
     let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
+        // A larger message closes the WebSocket with 1009 (message too big).
+        Ok(upgrade) => upgrade
+            .max_message_size(state.limits.websocket_message_bytes_max)
+            .max_frame_size(state.limits.websocket_message_bytes_max),
         Err(rejection) => return Ok(rejection.into_response()),
     };
-    let span = tracing::info_span!("execution", %runner, %execution);
-    Ok(upgrade
-        .on_upgrade(move |socket| run(state, runner, execution, body, socket).instrument(span)))
+    let span = tracing::info_span!("execution", runner_id = %runner, execution_id = %execution);
+    Ok(upgrade.on_upgrade(move |socket| {
+        let connected = Instant::now();
+        async move {
+            let ending = run(Arc::clone(&state), runner, execution, body, socket).await;
+            // Poseidon measured `/websocket` over the whole execution (its handler blocked
+            // until the end); so does Trident, from the upgrade request's arrival.
+            let ids = RequestIds {
+                runner: Some(runner),
+                environment: Some(runner.environment()),
+            };
+            state.monitor.request(
+                WEBSOCKET,
+                StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+                request_start.elapsed(),
+                ids,
+                None,
+            );
+            state
+                .monitor
+                .execution_finished(ending.outcome(), connected.elapsed());
+        }
+        .instrument(span)
+    }))
+}
+
+/// Why a command cannot be run, if it cannot: `execve` takes no NUL byte, and a variable needs
+/// a name without `=`. Refused here with a 400 rather than failing once the WebSocket is open.
+fn unrunnable(body: &ExecuteBody) -> Option<String> {
+    if body.command.contains('\0') {
+        return Some("the command contains a NUL byte".into());
+    }
+    body.environment.iter().find_map(|(name, value)| {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            Some(format!("{name:?} is not a valid environment variable name"))
+        } else if value.contains('\0') {
+            Some(format!("the value of {name:?} contains a NUL byte"))
+        } else {
+            None
+        }
+    })
 }
 
 /// Whether the `Origin` header, if any, names the `Host` the request was sent to.
@@ -162,6 +212,18 @@ enum ServerMessage<'a> {
     Error(&'a str),
 }
 
+impl Ending {
+    /// The `outcome` label of the execution-duration metric.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ending::Exited(_) => "exit",
+            Ending::TimeLimit | Ending::LeaseEnded(LeaseEndCause::InactivityTimeout) => "timeout",
+            Ending::LeaseEnded(_) | Ending::Failed | Ending::OutputLimit(_) => "error",
+            Ending::ClientClosed | Ending::MessageTooBig => "client_closed",
+        }
+    }
+}
+
 /// How an execution ended, as far as the client is told.
 #[derive(Debug)]
 enum Ending {
@@ -170,6 +232,10 @@ enum Ending {
     LeaseEnded(LeaseEndCause),
     ClientClosed,
     Failed,
+    /// The output passed this many bytes.
+    OutputLimit(u64),
+    /// The client sent a message over the WebSocket message limit.
+    MessageTooBig,
 }
 
 async fn run<E: Executor>(
@@ -178,7 +244,7 @@ async fn run<E: Executor>(
     execution: ExecutionId,
     body: ExecuteBody,
     socket: WebSocket,
-) {
+) -> Ending {
     let (mut sink, stream) = socket.split();
     let started = state
         .manager
@@ -186,32 +252,36 @@ async fn run<E: Executor>(
         .await;
     let lease = state.manager.watch_lease(runner).await.ok().flatten();
     let (Ok(trident_core::Reply::Runner(Ok(()))), Some(mut lease)) = (started, lease) else {
-        let _ = send(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
-        let _ = sink.send(close_normal()).await;
-        return;
+        let _ = send_bounded(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
+        let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, sink.send(close_normal())).await;
+        return Ending::Failed;
     };
-    let _ = send(&mut sink, &ServerMessage::Start).await;
+    let _ = send_bounded(&mut sink, &ServerMessage::Start).await;
 
-    let request = ExecutionRequest {
-        command: body.command,
-        environment: body.environment.into_iter().collect(),
-        privileged: body.privileged_execution,
-    };
-    let ending = match state.executor.execute(runner, request).await {
+    let ending = match state.executor.execute(runner, body.request()).await {
         Err(error) => {
             tracing::warn!(%error, "the execution could not start");
             Ending::Failed
         }
         Ok(mut process) => {
-            let deadline = (body.time_limit > 0)
-                // tokio's clock, which the simulation controls.
-                .then(|| tokio::time::Instant::now() + Duration::from_secs(body.time_limit));
+            let deadline = body.deadline(Instant::now());
             // The input pump owns the reading half; it ends by itself when the client closes,
             // and is aborted when the execution ends first.
             let (closed_tx, mut closed) = oneshot::channel();
             let pump = tokio::spawn(pump_input(stream, process.stdin(), closed_tx));
-            let ending =
-                pump_output(&mut process, &mut sink, deadline, &mut lease, &mut closed).await;
+            let watch = Watch {
+                deadline,
+                lease: &mut lease,
+                lease_open: true,
+                closed: &mut closed,
+            };
+            let ending = pump_output(
+                &mut process,
+                &mut sink,
+                watch,
+                state.limits.output_bytes_max,
+            )
+            .await;
             pump.abort();
             if !matches!(ending, Ending::Exited(_)) {
                 stop(&mut process, &ending).await;
@@ -220,6 +290,12 @@ async fn run<E: Executor>(
         }
     };
     tracing::info!(?ending, "execution ended");
+    let output_limit_message = match &ending {
+        Ending::OutputLimit(bytes) => {
+            format!("the output exceeded the limit of {bytes} bytes; the command was killed")
+        }
+        _ => String::new(),
+    };
     let message = match &ending {
         Ending::Exited(code) => Some(ServerMessage::Exit(*code)),
         Ending::TimeLimit | Ending::LeaseEnded(LeaseEndCause::InactivityTimeout) => {
@@ -232,73 +308,130 @@ async fn run<E: Executor>(
             LeaseEndCause::Released | LeaseEndCause::Backend(DownCause::Completed),
         ) => Some(ServerMessage::Error(STOPPED_MESSAGE)),
         Ending::LeaseEnded(_) | Ending::Failed => Some(ServerMessage::Error(GENERIC_MESSAGE)),
-        Ending::ClientClosed => None,
+        Ending::OutputLimit(_) => Some(ServerMessage::Error(&output_limit_message)),
+        Ending::ClientClosed | Ending::MessageTooBig => None,
     };
     if let Some(message) = message {
-        let _ = send(&mut sink, &message).await;
+        let _ = send_bounded(&mut sink, &message).await;
     }
-    let _ = sink.send(close_normal()).await;
-    let _ = sink.close().await;
+    let close = match ending {
+        Ending::MessageTooBig => close_too_big(state.limits.websocket_message_bytes_max),
+        _ => close_normal(),
+    };
+    // A client that stopped reading must not hold the execution's task forever.
+    let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, async {
+        let _ = sink.send(close).await;
+        let _ = sink.close().await;
+    })
+    .await;
     let _ = state
         .manager
         .apply(Input::ExecutionFinished { runner, execution })
         .await;
+    ending
 }
 
-/// Forwards output until the command exits, the time limit passes, the lease ends or the client
-/// closes, whichever comes first.
+/// What ends an execution besides its own exit: the time limit, the end of the lease, the
+/// client's close.
+struct Watch<'a> {
+    deadline: Option<Instant>,
+    lease: &'a mut crate::driver::LeaseWatch,
+    lease_open: bool,
+    closed: &'a mut oneshot::Receiver<ClientGone>,
+}
+
+impl Watch<'_> {
+    /// Resolves when one of the endings happens (never, if none can).
+    async fn ending(&mut self) -> Ending {
+        loop {
+            tokio::select! {
+                biased;
+                gone = &mut *self.closed => return match gone {
+                    Ok(ClientGone::TooBig) => Ending::MessageTooBig,
+                    Ok(ClientGone::Closed) | Err(_) => Ending::ClientClosed,
+                },
+                changed = self.lease.changed(), if self.lease_open => match changed {
+                    Ok(()) => {
+                        if let Some(cause) = *self.lease.borrow() {
+                            return Ending::LeaseEnded(cause);
+                        }
+                    }
+                    Err(_) => self.lease_open = false,
+                },
+                () = sleep_until(self.deadline) => return Ending::TimeLimit,
+            }
+        }
+    }
+}
+
+/// Forwards output until the command exits, the time limit passes, the lease ends, the client
+/// closes or the output passes `output_bytes_max`, whichever comes first. Waiting for a slow
+/// client to take a message is no escape from the others: a client that stops reading still
+/// meets the time limit and the lease's end.
 async fn pump_output<X: RunningExecution>(
     process: &mut X,
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    deadline: Option<Instant>,
-    lease: &mut crate::driver::LeaseWatch,
-    closed: &mut oneshot::Receiver<()>,
+    mut watch: Watch<'_>,
+    output_bytes_max: Option<u64>,
 ) -> Ending {
     let mut stdout = Utf8Chunks::default();
     let mut stderr = Utf8Chunks::default();
-    let mut lease_open = true;
+    let mut output_bytes: u64 = 0;
     loop {
+        let event = tokio::select! {
+            biased;
+            event = process.next_event() => event,
+            ending = watch.ending() => return ending,
+        };
+        let text = match event {
+            Some(ExecutionEvent::Stdout(bytes) | ExecutionEvent::Stderr(bytes))
+                if output_bytes_max
+                    .is_some_and(|max| output_bytes.saturating_add(bytes.len() as u64) > max) =>
+            {
+                return Ending::OutputLimit(output_bytes_max.unwrap_or_default());
+            }
+            Some(ExecutionEvent::Stdout(bytes)) => {
+                output_bytes += bytes.len() as u64;
+                ServerText::Stdout(stdout.push(&bytes))
+            }
+            Some(ExecutionEvent::Stderr(bytes)) => {
+                output_bytes += bytes.len() as u64;
+                ServerText::Stderr(stderr.push(&bytes))
+            }
+            Some(ExecutionEvent::Exited(code)) => return Ending::Exited(code),
+            Some(ExecutionEvent::Gone) | None => {
+                return match *watch.lease.borrow() {
+                    Some(cause) => Ending::LeaseEnded(cause),
+                    None => Ending::Failed,
+                };
+            }
+        };
+        let message = match &text {
+            ServerText::Stdout(text) if !text.is_empty() => ServerMessage::Stdout(text),
+            ServerText::Stderr(text) if !text.is_empty() => ServerMessage::Stderr(text),
+            _ => continue,
+        };
         tokio::select! {
             biased;
-            event = process.next_event() => match event {
-                Some(ExecutionEvent::Stdout(bytes)) => {
-                    let text = stdout.push(&bytes);
-                    if !text.is_empty() && send(sink, &ServerMessage::Stdout(&text)).await.is_err() {
-                        return Ending::ClientClosed;
-                    }
-                }
-                Some(ExecutionEvent::Stderr(bytes)) => {
-                    let text = stderr.push(&bytes);
-                    if !text.is_empty() && send(sink, &ServerMessage::Stderr(&text)).await.is_err() {
-                        return Ending::ClientClosed;
-                    }
-                }
-                Some(ExecutionEvent::Exited(code)) => return Ending::Exited(code),
-                Some(ExecutionEvent::Gone) | None => {
-                    return match *lease.borrow() {
-                        Some(cause) => Ending::LeaseEnded(cause),
-                        None => Ending::Failed,
-                    };
-                }
+            sent = send(sink, &message) => if sent.is_err() {
+                return Ending::ClientClosed;
             },
-            _ = &mut *closed => return Ending::ClientClosed,
-            changed = lease.changed(), if lease_open => match changed {
-                Ok(()) => {
-                    if let Some(cause) = *lease.borrow() {
-                        return Ending::LeaseEnded(cause);
-                    }
-                }
-                Err(_) => lease_open = false,
-            },
-            () = sleep_until(deadline) => return Ending::TimeLimit,
+            ending = watch.ending() => return ending,
         }
     }
+}
+
+/// A chunk of output text, by stream.
+enum ServerText {
+    Stdout(String),
+    Stderr(String),
 }
 
 /// Stops a command that did not exit by itself: interrupt as Ctrl-\ does (unless the runner is
 /// gone anyway), then kill the process tree after a grace period.
 async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
-    if !matches!(ending, Ending::LeaseEnded(_)) {
+    // A runaway output is killed at once: an interrupt would leave it time to write more.
+    if !matches!(ending, Ending::LeaseEnded(_) | Ending::OutputLimit(_)) {
         process.interrupt();
         let exited = tokio::time::timeout(INTERRUPT_GRACE, async {
             while let Some(event) = process.next_event().await {
@@ -321,23 +454,76 @@ async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
 async fn pump_input(
     mut stream: futures_util::stream::SplitStream<WebSocket>,
     stdin: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    closed: oneshot::Sender<()>,
+    closed: oneshot::Sender<ClientGone>,
 ) {
-    let mut forwarding = true;
-    while let Some(message) = stream.next().await {
-        match message {
-            Ok(Message::Text(text)) if forwarding => {
-                let bytes = bytes::Bytes::copy_from_slice(text.as_bytes());
-                if stdin.send(bytes).await.is_err() {
-                    forwarding = false;
+    let mut input = ClientInput::default();
+    let mut gone = ClientGone::Closed;
+    loop {
+        let message = match stream.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                if too_big(error) {
+                    gone = ClientGone::TooBig;
+                }
+                break;
+            }
+            None => break,
+        };
+        let frame = match &message {
+            Message::Text(text) => ClientFrame::Text(text.as_str()),
+            Message::Binary(_) => ClientFrame::Binary,
+            Message::Close(_) => ClientFrame::Close,
+            Message::Ping(_) | Message::Pong(_) => ClientFrame::Control,
+        };
+        match input.on_frame(frame) {
+            ClientAction::Stdin(bytes) => {
+                for piece in bytes.chunks(STDIN_PIECE_BYTES) {
+                    if stdin
+                        .send(bytes::Bytes::copy_from_slice(piece))
+                        .await
+                        .is_err()
+                    {
+                        input.stop();
+                        break;
+                    }
                 }
             }
-            Ok(Message::Binary(_)) => forwarding = false,
-            Ok(Message::Close(_)) | Err(_) => break,
-            Ok(_) => {}
+            ClientAction::Ignore => {}
+            ClientAction::Closed => break,
         }
     }
-    let _ = closed.send(());
+    let _ = closed.send(gone);
+}
+
+/// How the client's side of an execution's WebSocket ended.
+#[derive(Debug)]
+enum ClientGone {
+    /// Closed, reset, or a protocol error.
+    Closed,
+    /// A message over the WebSocket message limit.
+    TooBig,
+}
+
+/// Whether a read error is a message over the limit (axum reports tungstenite's errors).
+fn too_big(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast::<tungstenite::Error>()
+        .is_ok_and(|error| matches!(*error, tungstenite::Error::Capacity(_)))
+}
+
+/// [`send`] for messages outside the output loop, bounded by [`LAST_SEND_TIMEOUT`].
+async fn send_bounded(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: &ServerMessage<'_>,
+) -> Result<(), axum::Error> {
+    tokio::time::timeout(LAST_SEND_TIMEOUT, send(sink, message))
+        .await
+        .unwrap_or_else(|_| {
+            Err(axum::Error::new(
+                "the client did not take the message in time",
+            ))
+        })
 }
 
 async fn send(
@@ -346,6 +532,14 @@ async fn send(
 ) -> Result<(), axum::Error> {
     let text = serde_json::to_string(message).expect("messages serialize");
     sink.send(Message::Text(text.into())).await
+}
+
+/// 1009, "message too big" (RFC 6455 §7.4.1).
+fn close_too_big(limit: usize) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1009,
+        reason: format!("a message exceeded {limit} bytes").into(),
+    }))
 }
 
 fn close_normal() -> Message {

@@ -7,10 +7,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use serde::{Deserialize, Serialize};
+use futures_util::StreamExt;
+use serde::Serialize;
 use tokio_util::io::ReaderStream;
-use trident_backends::{Executor, FileHeader, FileUpdate};
+use trident_backends::{Executor, FileHeader};
+
+use super::bodies::UpdateBody;
+use crate::monitoring::DownloadMeter;
 
 use super::{ApiError, AppState, Query, claimed_runner, decode, flag, touch};
 
@@ -38,21 +41,6 @@ pub(super) async fn list<E: Executor>(
     Ok(Json(Listing { files }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct UpdateBody {
-    delete: Vec<String>,
-    copy: Vec<CopyBody>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct CopyBody {
-    path: String,
-    /// Base64; missing means an empty file.
-    content: String,
-}
-
 /// Deletes, then copies. Contents are base64 (a bad encoding is a 400 and nothing is changed).
 pub(super) async fn update<E: Executor>(
     State(state): State<Arc<AppState<E>>>,
@@ -61,27 +49,18 @@ pub(super) async fn update<E: Executor>(
 ) -> Result<StatusCode, ApiError> {
     // The runner is looked up after the body was read (Poseidon's issue #54).
     let runner = claimed_runner(&state, &runner).await?;
-    let body: UpdateBody = decode(&body)?;
-    let mut copy = Vec::with_capacity(body.copy.len());
-    for file in body.copy {
-        let content = base64::engine::general_purpose::STANDARD
-            .decode(file.content.as_bytes())
-            .map_err(|error| {
-                ApiError::BadRequest(format!("content of {:?} is not base64: {error}", file.path))
-            })?;
-        copy.push((file.path, content));
+    let body = decode::<UpdateBody>(&body)?;
+    let files = body.delete.len() + body.copy.len();
+    let files_max = state.limits.files_per_update_max;
+    if files > files_max {
+        return Err(ApiError::BadRequest(format!(
+            "the update names {files} files; at most {files_max} are allowed in one request"
+        )));
     }
+    let update = body.into_update()?;
     touch(&state, runner).await?;
-    state
-        .executor
-        .update_files(
-            runner,
-            FileUpdate {
-                delete: body.delete,
-                copy,
-            },
-        )
-        .await?;
+
+    state.executor.update_files(runner, update).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -106,7 +85,15 @@ pub(super) async fn download<E: Executor>(
         "attachment; filename=\"{}\"",
         path.replace(['"', '\\', '\r', '\n'], "_")
     );
-    let mut response = Body::from_stream(ReaderStream::new(download.reader)).into_response();
+    // Measured when the body is dropped: after its last byte, or when the client went away.
+    let mut meter = DownloadMeter::new(Arc::clone(&state.monitor), runner, download.size);
+    let stream = ReaderStream::new(download.reader).map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            meter.sent(bytes.len());
+        }
+        chunk
+    });
+    let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(download.size));
     headers.insert(

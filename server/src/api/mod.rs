@@ -4,10 +4,13 @@
 //! Poseidon's bodies: `{"message"}` for client errors, `{"message","errorCode"}` for server
 //! errors.
 
+pub mod bodies;
 mod environments;
 mod executions;
 mod files;
 mod health;
+pub mod openapi;
+mod operations;
 mod runners;
 
 use std::collections::BTreeMap;
@@ -15,16 +18,20 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use trident_backends::Executor;
 use trident_core::{ExecutionId, IdSource, RunnerId};
 
 use crate::driver::{ManagerHandle, Stopped};
+use crate::monitoring::Monitor;
+use crate::monitoring::requests::{RouteContext, measure};
+use bodies::decode;
 
 /// What every handler shares.
 pub struct AppState<E> {
@@ -42,6 +49,10 @@ pub struct AppState<E> {
     pub pending_executions: Mutex<PendingExecutions>,
     /// Fresh execution ids.
     pub ids: Mutex<Box<dyn IdSource>>,
+    /// Files per update, output per execution, WebSocket message size.
+    pub limits: crate::limits::ApiLimits,
+    /// Where measurements go.
+    pub monitor: Arc<Monitor>,
 }
 
 impl<E> std::fmt::Debug for AppState<E> {
@@ -54,7 +65,7 @@ impl<E> std::fmt::Debug for AppState<E> {
 /// time limit until used or until the runner goes; so does Trident, but with a bound.
 #[derive(Debug, Default)]
 pub struct PendingExecutions {
-    by_id: BTreeMap<ExecutionId, (RunnerId, executions::ExecuteBody)>,
+    by_id: BTreeMap<ExecutionId, (RunnerId, bodies::ExecuteBody)>,
 }
 
 /// Pending executions one runner may have.
@@ -70,49 +81,214 @@ impl PendingExecutions {
     }
 }
 
-/// Builds the router with every route of Poseidon's API under `/api/v1`.
+/// One route: its method and path, Poseidon's name for it (measurements and spans), whether it
+/// is open (no token needed), and its handler. [`routes`] lists them all; the router and the
+/// OpenAPI test are both built from that list.
+pub struct Route<E> {
+    /// The HTTP method.
+    pub method: Method,
+    /// The full path, axum's syntax (`/api/v1/runners/{runner}`).
+    pub path: &'static str,
+    /// Poseidon's route name (`provideRunner`, `/files`, …), Trident's for its own routes.
+    pub name: &'static str,
+    /// Reachable without `Poseidon-Token`.
+    pub open: bool,
+    handler: MethodRouter<Arc<AppState<E>>>,
+}
+
+impl<E> std::fmt::Debug for Route<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("name", &self.name)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+fn route<E, H, T>(
+    method: Method,
+    path: &'static str,
+    name: &'static str,
+    open: bool,
+    handler: H,
+) -> Route<E>
+where
+    E: Executor,
+    H: axum::handler::Handler<T, Arc<AppState<E>>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a method axum can route");
+    Route {
+        method,
+        path,
+        name,
+        open,
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+/// Every route the server answers: Poseidon's API under `/api/v1` (names from its §8.1
+/// measurements), plus Trident's readiness, metrics and OpenAPI routes.
+pub fn routes<E: Executor>() -> Vec<Route<E>> {
+    const OPEN: bool = true;
+    const TOKEN: bool = false;
+    vec![
+        route(
+            Method::GET,
+            "/api/v1/health",
+            "/health",
+            OPEN,
+            health::health::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/version",
+            "/version",
+            OPEN,
+            health::version::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/ready",
+            "/ready",
+            OPEN,
+            operations::ready::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/openapi.json",
+            "/openapi.json",
+            OPEN,
+            operations::openapi,
+        ),
+        route(
+            Method::GET,
+            "/metrics",
+            "/metrics",
+            OPEN,
+            operations::metrics::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/statistics/execution-environments",
+            "/execution-environments",
+            TOKEN,
+            health::statistics::<E>,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/runners",
+            "provideRunner",
+            TOKEN,
+            runners::claim::<E>,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/runners/{runner}",
+            "deleteRunner",
+            TOKEN,
+            runners::release::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/runners/{runner}/files",
+            "/files_list",
+            TOKEN,
+            files::list::<E>,
+        ),
+        route(
+            Method::PATCH,
+            "/api/v1/runners/{runner}/files",
+            FILES_UPDATE,
+            TOKEN,
+            files::update::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/runners/{runner}/files/raw",
+            "/files/raw",
+            TOKEN,
+            files::download::<E>,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/runners/{runner}/execute",
+            "/execute",
+            TOKEN,
+            executions::execute::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/runners/{runner}/websocket",
+            WEBSOCKET,
+            TOKEN,
+            executions::websocket::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/execution-environments",
+            "list",
+            TOKEN,
+            environments::list::<E>,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/execution-environments/{environment}",
+            "get",
+            TOKEN,
+            environments::get::<E>,
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/execution-environments/{environment}",
+            "createOrUpdate",
+            TOKEN,
+            environments::put::<E>,
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/execution-environments/{environment}",
+            "delete",
+            TOKEN,
+            environments::delete::<E>,
+        ),
+    ]
+}
+
+/// Poseidon's name of the file update route, whose body size is measured.
+const FILES_UPDATE: &str = "/files";
+/// Poseidon's name of the execution WebSocket, measured when the execution ends.
+pub(crate) const WEBSOCKET: &str = "/websocket";
+
+/// Builds the router from [`routes`]: each route measured and traced (outermost, so a 401 is
+/// measured too), then authenticated unless it is open.
 pub fn router<E: Executor>(state: Arc<AppState<E>>) -> Router {
-    let authenticated = Router::new()
-        .route(
-            "/statistics/execution-environments",
-            get(health::statistics::<E>),
-        )
-        .route("/runners", post(runners::claim::<E>))
-        .route(
-            "/runners/{runner}",
-            axum::routing::delete(runners::release::<E>),
-        )
-        .route(
-            "/runners/{runner}/files",
-            get(files::list::<E>).patch(files::update::<E>),
-        )
-        .route("/runners/{runner}/files/raw", get(files::download::<E>))
-        .route("/runners/{runner}/execute", post(executions::execute::<E>))
-        .route(
-            "/runners/{runner}/websocket",
-            get(executions::websocket::<E>),
-        )
-        .route("/execution-environments", get(environments::list::<E>))
-        .route(
-            "/execution-environments/{environment}",
-            get(environments::get::<E>)
-                .put(environments::put::<E>)
-                .delete(environments::delete::<E>),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            authenticate::<E>,
-        ));
-    let open = Router::new()
-        .route("/health", get(health::health::<E>))
-        .route("/version", get(health::version::<E>));
-    Router::new()
-        .nest("/api/v1", authenticated.merge(open))
+    let mut router = Router::new();
+    for route in routes::<E>() {
+        let mut handler = route.handler;
+        if !route.open {
+            handler = handler.route_layer(middleware::from_fn_with_state(
+                Arc::clone(&state),
+                authenticate::<E>,
+            ));
+        }
+        let context = RouteContext {
+            monitor: Arc::clone(&state.monitor),
+            name: route.name,
+            records_body_size: route.name == FILES_UPDATE,
+        };
+        handler = handler.route_layer(middleware::from_fn_with_state(context, measure));
+        router = router.route(route.path, handler);
+    }
+    router
         .fallback(|| async { StatusCode::NOT_FOUND })
         .with_state(state)
 }
 
-/// Checks `Poseidon-Token` in constant time; `/health` and `/version` are not behind it.
+/// Checks `Poseidon-Token` in constant time; the open routes (`/health`, `/version`, readiness,
+/// metrics, the OpenAPI document) are not behind it.
 async fn authenticate<E: Executor>(
     State(state): State<Arc<AppState<E>>>,
     headers: HeaderMap,
@@ -175,6 +351,9 @@ pub enum ApiError {
     /// 503: the server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// 503: the first recovery has not finished (readiness).
+    #[error("the first recovery has not finished")]
+    NotReady,
 }
 
 impl ApiError {
@@ -240,7 +419,7 @@ impl IntoResponse for ApiError {
                 }),
             )
                 .into_response(),
-            ApiError::ShuttingDown => client(StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::ShuttingDown | ApiError::NotReady => client(StatusCode::SERVICE_UNAVAILABLE),
         }
     }
 }
@@ -265,13 +444,6 @@ async fn claimed_runner<E: Executor>(
     } else {
         Err(ApiError::RunnerGone)
     }
-}
-
-/// Decodes a JSON body leniently, as Go's `encoding/json` does for Poseidon: unknown fields are
-/// ignored; an empty body, bad JSON or a type mismatch is a 400.
-fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|error| ApiError::BadRequest(format!("invalid JSON: {error}")))
 }
 
 /// A sign of life on a runner, for its inactivity timer. A runner released meanwhile is no

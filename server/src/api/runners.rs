@@ -1,26 +1,20 @@
 //! `POST /runners` (claim) and `DELETE /runners/{id}` (release).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use axum::{Extension, Json};
+use serde::Serialize;
 use trident_backends::Executor;
-use trident_core::{ClaimError, EnvironmentId, Input, MappedPort, Reply, RunnerError};
+use trident_core::{ClaimError, Input, MappedPort, Reply, RunnerError};
 
+use super::bodies::ClaimBody;
 use super::{ApiError, AppState, ErrorCode, decode, parse_runner};
 use crate::driver::ClaimFailure;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ClaimBody {
-    execution_environment_id: u64,
-    #[serde(default)]
-    inactivity_timeout: u64,
-}
+use crate::monitoring::RequestIds;
+use crate::monitoring::requests::LearntIds;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,16 +27,12 @@ pub(super) struct ClaimAnswer {
 pub(super) async fn claim<E: Executor>(
     State(state): State<Arc<AppState<E>>>,
     body: Bytes,
-) -> Result<Json<ClaimAnswer>, ApiError> {
+) -> Result<(Extension<LearntIds>, Json<ClaimAnswer>), ApiError> {
     let body: ClaimBody = decode(&body)?;
-    let input = Input::Claim {
-        environment: EnvironmentId(body.execution_environment_id),
-        inactivity_timeout: Some(Duration::from_secs(body.inactivity_timeout)),
-    };
     // Answered once the claim is persisted: a restarted server recovers every claim it answered.
     let reply = state
         .manager
-        .claim(input)
+        .claim(body.input())
         .await
         .map_err(|failure| match failure {
             ClaimFailure::Stopped => ApiError::ShuttingDown,
@@ -54,10 +44,18 @@ pub(super) async fn claim<E: Executor>(
     match reply {
         Reply::Claim(Ok(claimed)) => {
             tracing::info!(runner = %claimed.runner, lease = %claimed.lease, "runner claimed");
-            Ok(Json(ClaimAnswer {
-                runner_id: claimed.runner.to_string(),
-                mapped_ports: claimed.ports,
-            }))
+            // The request's span and measurement learn the runner only now.
+            let ids = LearntIds(RequestIds {
+                runner: Some(claimed.runner),
+                environment: Some(claimed.runner.environment()),
+            });
+            Ok((
+                Extension(ids),
+                Json(ClaimAnswer {
+                    runner_id: claimed.runner.to_string(),
+                    mapped_ports: claimed.ports,
+                }),
+            ))
         }
         Reply::Claim(Err(error @ ClaimError::UnknownEnvironment)) => {
             Err(ApiError::NotFound(error.to_string()))

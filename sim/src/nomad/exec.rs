@@ -25,6 +25,9 @@ use super::driver::{Output, Process};
 const FRAME_BYTES_MAX: usize = 1024;
 /// Chunks queued between the websocket and the process, each way.
 const CHANNEL_BOUND: usize = 16;
+/// How long a finished session waits for the client's stdin close or its close of the
+/// connection (tokio time).
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) async fn exec_handler(
     State(nomad): State<FakeNomad>,
@@ -157,6 +160,7 @@ async fn session(
     let mut pending_stdin: Option<Vec<u8>> = None;
     let mut exit_code: Option<i32> = None;
     let mut output_open = true;
+    let mut client_closed_stdin = false;
     while exit_code.is_none() || output_open {
         // An owned clone, so the select arm does not borrow `stdin_tx`; dropped every round.
         let reserve_tx = stdin_tx.clone();
@@ -189,7 +193,10 @@ async fn session(
                             pending_stdin = Some(bytes);
                         }
                     }
-                    Input::StdinClose => stdin_tx = None,
+                    Input::StdinClose => {
+                        stdin_tx = None;
+                        client_closed_stdin = true;
+                    }
                     Input::Heartbeat => {}
                     Input::Invalid => return close(socket, 1011, "unexpected message type".into()).await,
                 },
@@ -237,9 +244,24 @@ async fn session(
         }
     }
     // Nomad closes the TCP connection without a close frame (§7.5): dropping the socket does.
-    // First read what the client sent and this loop left unread (its stdin close, a heartbeat):
-    // closing a socket with unread data resets the connection, and a reset makes the client's
-    // kernel discard output it has not read yet (a long download lost its tail that way). Only
-    // what is already there: the close must not wait for the client.
+    // Closing a socket with unread data resets the connection, and a reset makes the client's
+    // kernel discard what it has not read yet: a long download lost its tail that way, and a
+    // short command its exit frame (the client's stdin close, sent as the command ended, was
+    // still in flight). Nomad reads the client's frames on their own until the connection
+    // closes, so nothing is left unread. Here a session whose client has not closed stdin yet
+    // reads on after the exit frame until that frame comes, the client closes (Trident's does
+    // on the exit frame) or `CLOSE_LINGER` passes; then it takes what is already there.
+    if !client_closed_stdin {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(message)) = socket.recv().await {
+                if let Message::Text(text) = &message
+                    && matches!(parse_input(text.as_str()), Input::StdinClose)
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     while let Some(Some(Ok(_))) = socket.recv().now_or_never() {}
 }

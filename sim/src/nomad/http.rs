@@ -82,8 +82,10 @@ pub(super) fn router(nomad: FakeNomad) -> Router {
 
 /// The HTTP fault knob first, then the token check (§1.1, §10 rows 16–18).
 async fn gate(State(nomad): State<FakeNomad>, request: Request, next: Next) -> Response {
+    let route = route_of(request.method().as_str(), request.uri().path());
     let (injected, token) = {
         let mut state = nomad.lock();
+        *state.requests.entry(route).or_default() += 1;
         let injected = if state.faults.http_errors_left > 0 {
             state.faults.http_errors_left -= 1;
             Some(state.faults.http_error_status)
@@ -117,6 +119,25 @@ async fn gate(State(nomad): State<FakeNomad>, request: Request, next: Next) -> R
         }
     }
     next.run(request).await
+}
+
+/// The counter key of a request: `METHOD /route`, with the ids of the routes above as `:id`,
+/// so that the counters stay few whatever the ids. Unknown paths share one key.
+fn route_of(method: &str, path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let route = match segments.as_slice() {
+        ["v1", "jobs"] => "/v1/jobs",
+        ["v1", "job", _] => "/v1/job/:id",
+        ["v1", "job", _, "allocations"] => "/v1/job/:id/allocations",
+        ["v1", "allocations"] => "/v1/allocations",
+        ["v1", "allocation", _] => "/v1/allocation/:id",
+        ["v1", "evaluation", _] => "/v1/evaluation/:id",
+        ["v1", "node", _] => "/v1/node/:id",
+        ["v1", "event", "stream"] => "/v1/event/stream",
+        ["v1", "client", "allocation", _, "exec"] => "/v1/client/allocation/:id/exec",
+        _ => "(other)",
+    };
+    format!("{method} {route}")
 }
 
 fn request_token(headers: &HeaderMap) -> Option<String> {

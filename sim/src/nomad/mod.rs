@@ -300,6 +300,34 @@ impl FakeNomad {
     pub fn job_allocations(&self, namespace: &str, id: &str) -> serde_json::Value {
         self.lock().job_allocations(namespace, id, true).0
     }
+
+    /// Stores `jobs` (each as the `Job` of a `PUT /v1/jobs` body) at once, as a cluster that has
+    /// run them for a while holds them: one raft index, every allocation running, no
+    /// evaluations, no event frames. For benchmarks and tests that need thousands of jobs
+    /// without waiting for thousands of placements. Returns the raft index of the write, or
+    /// Nomad's status and text for an invalid job (then nothing is stored); a job that exists
+    /// already is refused with 400.
+    pub fn seed_running_jobs(
+        &self,
+        namespace: &str,
+        jobs: &[serde_json::Value],
+    ) -> Result<u64, (u16, String)> {
+        self.lock()
+            .seed_running(namespace, jobs)
+            .map_err(|error| (error.status, error.message))
+    }
+
+    /// How many HTTP requests the fake received so far, by `METHOD /route` with the route's
+    /// parameters as `:name` (e.g. `GET /v1/job/:id`), refused ones (fault knobs, ACL)
+    /// included. Tests and benchmarks count calls here instead of guessing them.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.lock().requests.clone()
+    }
+
+    /// Requests for one `METHOD /route` key of [`FakeNomad::requests`] so far.
+    pub fn request_count(&self, route: &str) -> u64 {
+        self.lock().requests.get(route).copied().unwrap_or(0)
+    }
 }
 
 /// A job as [`FakeNomad::census`] reports it.

@@ -594,6 +594,9 @@ pub(crate) struct State {
     jobs: BTreeMap<JobKey, Job>,
     evals: BTreeMap<String, Eval>,
     allocs: BTreeMap<String, Alloc>,
+    /// The ids of every job's allocations: Nomad's state store looks allocations up by job, and
+    /// so must the fake, or every job list of a 10,000-job cluster would be quadratic.
+    allocs_by_job: BTreeMap<JobKey, BTreeSet<String>>,
     jobs_index: u64,
     allocs_index: u64,
     pub(crate) events: EventBuffer,
@@ -603,6 +606,8 @@ pub(crate) struct State {
     pub(crate) faults: FaultState,
     /// Bumped to end every open event stream.
     pub(crate) stream_generation: u64,
+    /// HTTP requests received, by `METHOD /route` (see `http::route_of`), refused ones included.
+    pub(crate) requests: BTreeMap<String, u64>,
     /// Bumped after every change: event streams and execs re-check the state.
     wake: watch::Sender<u64>,
     /// Notified when a timer is added: the timer task re-computes its deadline.
@@ -655,6 +660,7 @@ impl State {
             jobs: BTreeMap::new(),
             evals: BTreeMap::new(),
             allocs: BTreeMap::new(),
+            allocs_by_job: BTreeMap::new(),
             jobs_index: 0,
             allocs_index: 0,
             timers: BTreeMap::new(),
@@ -662,6 +668,7 @@ impl State {
             next_host_port: 20_000,
             faults: FaultState::default(),
             stream_generation: 0,
+            requests: BTreeMap::new(),
             wake,
             timer_wake,
         }
@@ -755,12 +762,9 @@ impl State {
         let Some(job) = self.jobs.get(key) else {
             return "dead";
         };
-        let live_alloc = self.allocs.values().any(|alloc| {
-            alloc.namespace == key.0
-                && alloc.job_id == key.1
-                && alloc.job_create_index == job.create_index
-                && !alloc.is_terminal()
-        });
+        let live_alloc = self
+            .job_allocs(key)
+            .any(|alloc| alloc.job_create_index == job.create_index && !alloc.is_terminal());
         if live_alloc {
             return "running";
         }
@@ -837,21 +841,7 @@ impl State {
         let enforce_index = get_ci(request, "JobModifyIndex")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let mut spec = job.clone();
-        spec.retain(|key, _| !SERVER_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key)));
-        let id = get_ci_str(&spec, "ID").unwrap_or_default().to_owned();
-        if id.is_empty() {
-            return Err(ApiError::new(400, "Job ID hasn't been provided"));
-        }
-        if id.contains(' ') || id.contains('\0') {
-            return Err(ApiError::new(
-                500,
-                "1 error occurred:\n\t* Job ID contains a space\n\n",
-            ));
-        }
-        canonicalize(&mut spec, &id);
-        let job_type = get_ci_str(&spec, "Type").unwrap_or("service").to_owned();
-        validate(&spec)?;
+        let (id, spec, job_type) = prepare(job)?;
         let key = (namespace.to_owned(), id.clone());
         let existing = self.jobs.get(&key);
         if enforce {
@@ -986,13 +976,13 @@ impl State {
             tx.events.push(job_event(job, tx.typ));
         }
         self.jobs_index = tx.index;
-        if self.faults.deregister_without_alloc_events {
-            let before = self.allocs.len();
-            self.allocs
-                .retain(|_, alloc| !(alloc.namespace == namespace && alloc.job_id == id));
-            if self.allocs.len() != before {
-                self.allocs_index = tx.index;
+        if self.faults.deregister_without_alloc_events
+            && let Some(ids) = self.allocs_by_job.remove(&key)
+        {
+            for id in &ids {
+                self.allocs.remove(id);
             }
+            self.allocs_index = tx.index;
         }
         let eval_id = self.new_eval(
             &tx,
@@ -1018,6 +1008,77 @@ impl State {
         )
     }
 
+    /// Stores `jobs` (each as the `Job` of a register request) as a cluster that has run them
+    /// for a while holds them: one raft write for all, every allocation placed and running, no
+    /// evaluations (garbage-collected), no event frames (older than any buffer), no timers.
+    /// Returns the write's index. Jobs that exist already are refused.
+    pub(crate) fn seed_running(
+        &mut self,
+        namespace: &str,
+        jobs: &[Value],
+    ) -> Result<u64, ApiError> {
+        let mut prepared = Vec::with_capacity(jobs.len());
+        let mut ids = BTreeSet::new();
+        for job in jobs {
+            let job = job
+                .as_object()
+                .ok_or_else(|| ApiError::new(400, "Job must be specified"))?;
+            let (id, spec, job_type) = prepare(job)?;
+            let key = (namespace.to_owned(), id);
+            if self.jobs.contains_key(&key) || !ids.insert(key.1.clone()) {
+                return Err(ApiError::new(
+                    400,
+                    format!("job {:?} exists already", key.1),
+                ));
+            }
+            prepared.push((key, spec, job_type));
+        }
+        let index = self.begin("JobRegistered").index;
+        let now = self.now_ns();
+        for (key, spec, job_type) in prepared {
+            self.jobs.insert(
+                key.clone(),
+                Job {
+                    namespace: key.0.clone(),
+                    id: key.1.clone(),
+                    spec,
+                    job_type,
+                    version: 0,
+                    create_index: index,
+                    modify_index: index,
+                    job_modify_index: index,
+                    submit_time_ns: now,
+                    stop: false,
+                    status: "pending",
+                },
+            );
+            let eval_id = uuid(&mut self.rng);
+            let groups = self.jobs[&key].groups();
+            for group in groups.into_iter().filter(|group| group.count > 0) {
+                for name_index in 0..group.count {
+                    let mut alloc = self.new_alloc(index, &key, &group, name_index, &eval_id, "");
+                    let mut task = TaskState::new();
+                    task.push("Received", now, "Task received by client", &[]);
+                    task.push("Started", now, "Task started by client", &[]);
+                    task.state = "running";
+                    task.started_at_ns = now;
+                    alloc.task = Some(task);
+                    alloc.client_status = "running";
+                    alloc.client_description = "Tasks are running".into();
+                    self.insert_alloc(alloc);
+                }
+            }
+            let status = self.job_status(&key);
+            if let Some(job) = self.jobs.get_mut(&key) {
+                job.status = status;
+            }
+        }
+        self.jobs_index = index;
+        self.allocs_index = index;
+        self.wake();
+        Ok(index)
+    }
+
     /// `GET /v1/job/:id`: the job and its `ModifyIndex`.
     pub(crate) fn job(&self, namespace: &str, id: &str) -> Option<(Value, u64)> {
         self.jobs
@@ -1039,6 +1100,7 @@ impl State {
     }
 
     fn job_stub(&self, job: &Job, meta: bool) -> Value {
+        let key = (job.namespace.clone(), job.id.clone());
         let mut summary = Map::new();
         for group in job.groups() {
             let mut counts = BTreeMap::from([
@@ -1050,12 +1112,10 @@ impl State {
                 ("Lost", 0),
                 ("Unknown", 0),
             ]);
-            for alloc in self.allocs.values().filter(|a| {
-                a.namespace == job.namespace
-                    && a.job_id == job.id
-                    && a.task_group == group.name
-                    && a.job_create_index == job.create_index
-            }) {
+            for alloc in self
+                .job_allocs(&key)
+                .filter(|a| a.task_group == group.name && a.job_create_index == job.create_index)
+            {
                 let slot = match alloc.client_status {
                     "pending" => "Starting",
                     "running" => "Running",
@@ -1110,14 +1170,10 @@ impl State {
 
     /// `GET /v1/job/:id/allocations?all=…` (§3.6).
     pub(crate) fn job_allocations(&self, namespace: &str, id: &str, all: bool) -> (Value, u64) {
-        let create_index = self
-            .jobs
-            .get(&(namespace.to_owned(), id.to_owned()))
-            .map(|job| job.create_index);
+        let key = (namespace.to_owned(), id.to_owned());
+        let create_index = self.jobs.get(&key).map(|job| job.create_index);
         let stubs: Vec<Value> = self
-            .allocs
-            .values()
-            .filter(|a| a.namespace == namespace && a.job_id == id)
+            .job_allocs(&key)
             .filter(|a| all || create_index.is_none_or(|index| a.job_create_index == index))
             .map(|a| a.stub(false, true))
             .collect();
@@ -1235,6 +1291,8 @@ impl State {
 
     // ------------------------------------------------------------ scheduler
 
+    /// Places a new allocation of `group` (`pending/run`); the client picks it up and starts
+    /// it later (timers). Returns its id.
     fn place(
         &mut self,
         tx: &Tx,
@@ -1244,55 +1302,9 @@ impl State {
         eval_id: &str,
         previous: &str,
     ) -> String {
-        let job = &self.jobs[job_key];
-        let job_json = job.to_json();
-        let (job_version, job_create_index) = (job.version, job.create_index);
-        let id = uuid(&mut self.rng);
-        let mut ports = Vec::new();
-        for (label, to) in &group.dynamic_ports {
-            ports.push((label.clone(), self.next_host_port, *to));
-            self.next_host_port += 1;
-        }
-        let now = self.now_ns();
-        let now_s = self.now_s();
-        self.allocs.insert(
-            id.clone(),
-            Alloc {
-                id: id.clone(),
-                namespace: job_key.0.clone(),
-                eval_id: eval_id.to_owned(),
-                name: format!("{}.{}[{name_index}]", job_key.1, group.name),
-                node_id: self.node_id.clone(),
-                node_name: self.config.node_name.clone(),
-                job_id: job_key.1.clone(),
-                job: job_json,
-                job_version,
-                job_create_index,
-                task_group: group.name.clone(),
-                task_name: group.task_name.clone(),
-                image: group.image.clone(),
-                desired_status: "run",
-                desired_description: String::new(),
-                client_status: "pending",
-                client_description: String::new(),
-                task: None,
-                previous_allocation: previous.to_owned(),
-                next_allocation: String::new(),
-                create_index: tx.index,
-                modify_index: tx.index,
-                alloc_modify_index: tx.index,
-                create_time_ns: now,
-                modify_time_ns: now,
-                ports,
-                cpu: group.cpu,
-                memory_mb: group.memory_mb,
-                memory_max_mb: group.memory_max_mb,
-                restart_attempts: group.restart_attempts,
-                incarnation: 0,
-                fs: Fs::new(now_s),
-                previous_payload: None,
-            },
-        );
+        let alloc = self.new_alloc(tx.index, job_key, group, name_index, eval_id, previous);
+        let id = alloc.id.clone();
+        self.insert_alloc(alloc);
         self.add_timer(
             self.config.client_pickup_delay,
             Timer::ClientPickup {
@@ -1310,6 +1322,81 @@ impl State {
         id
     }
 
+    fn insert_alloc(&mut self, alloc: Alloc) {
+        self.allocs_by_job
+            .entry((alloc.namespace.clone(), alloc.job_id.clone()))
+            .or_default()
+            .insert(alloc.id.clone());
+        self.allocs.insert(alloc.id.clone(), alloc);
+    }
+
+    /// The allocations of one job, in id order (the order of `self.allocs`).
+    fn job_allocs<'a>(&'a self, key: &JobKey) -> impl Iterator<Item = &'a Alloc> + use<'a> {
+        self.allocs_by_job
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+    }
+
+    /// A new `pending/run` allocation of `group` at raft index `index`, not yet stored.
+    fn new_alloc(
+        &mut self,
+        index: u64,
+        job_key: &JobKey,
+        group: &GroupSpec,
+        name_index: u64,
+        eval_id: &str,
+        previous: &str,
+    ) -> Alloc {
+        let job = &self.jobs[job_key];
+        let job_json = job.to_json();
+        let (job_version, job_create_index) = (job.version, job.create_index);
+        let id = uuid(&mut self.rng);
+        let mut ports = Vec::new();
+        for (label, to) in &group.dynamic_ports {
+            ports.push((label.clone(), self.next_host_port, *to));
+            self.next_host_port += 1;
+        }
+        let now = self.now_ns();
+        let now_s = self.now_s();
+        Alloc {
+            id,
+            namespace: job_key.0.clone(),
+            eval_id: eval_id.to_owned(),
+            name: format!("{}.{}[{name_index}]", job_key.1, group.name),
+            node_id: self.node_id.clone(),
+            node_name: self.config.node_name.clone(),
+            job_id: job_key.1.clone(),
+            job: job_json,
+            job_version,
+            job_create_index,
+            task_group: group.name.clone(),
+            task_name: group.task_name.clone(),
+            image: group.image.clone(),
+            desired_status: "run",
+            desired_description: String::new(),
+            client_status: "pending",
+            client_description: String::new(),
+            task: None,
+            previous_allocation: previous.to_owned(),
+            next_allocation: String::new(),
+            create_index: index,
+            modify_index: index,
+            alloc_modify_index: index,
+            create_time_ns: now,
+            modify_time_ns: now,
+            ports,
+            cpu: group.cpu,
+            memory_mb: group.memory_mb,
+            memory_max_mb: group.memory_max_mb,
+            restart_attempts: group.restart_attempts,
+            incarnation: 0,
+            fs: Fs::new(now_s),
+            previous_payload: None,
+        }
+    }
+
     fn run_eval(&mut self, eval_id: &str) {
         let Some(eval) = self.evals.get(eval_id).filter(|e| e.status == "pending") else {
             return;
@@ -1324,12 +1411,9 @@ impl State {
                 let job_json = job.to_json();
                 for group in job.groups().into_iter().filter(|g| g.count > 0) {
                     let live: Vec<String> = self
-                        .allocs
-                        .values()
+                        .job_allocs(&key)
                         .filter(|a| {
-                            a.namespace == key.0
-                                && a.job_id == key.1
-                                && a.task_group == group.name
+                            a.task_group == group.name
                                 && a.job_create_index == create_index
                                 && !a.is_terminal()
                         })
@@ -1375,9 +1459,8 @@ impl State {
             None => {
                 // Stopped or purged: every allocation of the job stops (§5.5 row 7).
                 let doomed: Vec<String> = self
-                    .allocs
-                    .values()
-                    .filter(|a| a.namespace == key.0 && a.job_id == key.1 && !a.is_terminal())
+                    .job_allocs(&key)
+                    .filter(|a| !a.is_terminal())
                     .map(|a| a.id.clone())
                     .collect();
                 for alloc_id in doomed {
@@ -1770,6 +1853,27 @@ fn deregister_response(eval_id: &str, index: u64, job_modify_index: u64) -> Valu
         "KnownLeader": false,
         "NextToken": "",
     })
+}
+
+/// A submitted job as the fake stores it: `(id, spec, type)`, server-owned fields dropped,
+/// canonicalised and validated (§3.1), or Nomad's error.
+fn prepare(job: &Map<String, Value>) -> Result<(String, Map<String, Value>, String), ApiError> {
+    let mut spec = job.clone();
+    spec.retain(|key, _| !SERVER_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(key)));
+    let id = get_ci_str(&spec, "ID").unwrap_or_default().to_owned();
+    if id.is_empty() {
+        return Err(ApiError::new(400, "Job ID hasn't been provided"));
+    }
+    if id.contains(' ') || id.contains('\0') {
+        return Err(ApiError::new(
+            500,
+            "1 error occurred:\n\t* Job ID contains a space\n\n",
+        ));
+    }
+    canonicalize(&mut spec, &id);
+    let job_type = get_ci_str(&spec, "Type").unwrap_or("service").to_owned();
+    validate(&spec)?;
+    Ok((id, spec, job_type))
 }
 
 /// Fills the defaults Nomad's canonicaliser sets, so a job read back with GET and re-submitted is
