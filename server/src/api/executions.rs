@@ -257,14 +257,24 @@ async fn run<E: Executor>(
         return Ending::Failed;
     };
     let _ = send_bounded(&mut sink, &ServerMessage::Start).await;
-
-    let ending = match state.executor.execute(runner, body.request()).await {
-        Err(error) => {
+    // The time limit counts from `start`, as the client sees it: a backend slow to open the
+    // command (Nomad's exec under a partition) does not stretch it.
+    let deadline = body.deadline(Instant::now());
+    let opened = tokio::select! {
+        biased;
+        opened = state.executor.execute(runner, body.request()) => Some(opened),
+        () = sleep_until(deadline) => None,
+    };
+    // A command that outlived its limit or the lease is stopped after the client has its final
+    // message: stopping may wait (an interrupt's grace, a slow backend), the answer need not.
+    let mut to_stop = None;
+    let ending = match opened {
+        None => Ending::TimeLimit,
+        Some(Err(error)) => {
             tracing::warn!(%error, "the execution could not start");
             Ending::Failed
         }
-        Ok(mut process) => {
-            let deadline = body.deadline(Instant::now());
+        Some(Ok(mut process)) => {
             // The input pump owns the reading half; it ends by itself when the client closes,
             // and is aborted when the execution ends first.
             let (closed_tx, mut closed) = oneshot::channel();
@@ -284,7 +294,7 @@ async fn run<E: Executor>(
             .await;
             pump.abort();
             if !matches!(ending, Ending::Exited(_)) {
-                stop(&mut process, &ending).await;
+                to_stop = Some(process);
             }
             ending
         }
@@ -313,6 +323,9 @@ async fn run<E: Executor>(
     };
     if let Some(message) = message {
         let _ = send_bounded(&mut sink, &message).await;
+    }
+    if let Some(mut process) = to_stop {
+        stop(&mut process, &ending).await;
     }
     let close = match ending {
         Ending::MessageTooBig => close_too_big(state.limits.websocket_message_bytes_max),

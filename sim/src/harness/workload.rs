@@ -300,7 +300,9 @@ impl Client {
         let Some(run) = self.execute(runner, &command, 0, None).await else {
             return End::Lost;
         };
+        // 128 + n: killed by signal n (an OOM kill, a lost node), which may beat any command.
         if let Some(exit) = run.exit
+            && exit < 128
             && u64::try_from(exit).ok() != Some(code)
         {
             self.violate(
@@ -352,7 +354,7 @@ impl Client {
                     ),
                 );
             }
-        } else if run.exit.is_some() {
+        } else if run.exit.is_some_and(|code| code < 128) {
             self.violate(
                 Invariant::TimeLimitRespected,
                 format!("{runner}: `sleep 1000` under a {limit}s limit exited"),
