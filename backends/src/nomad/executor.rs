@@ -587,10 +587,21 @@ impl<C: Connector> Executor for NomadExecutor<C> {
         spec: Arc<EnvironmentSpec>,
     ) -> Result<(), BackendError> {
         let mut environments = self.environments.lock().await;
-        let ledger = environments
-            .get(&id)
-            .map(|state| state.ledger.clone())
-            .unwrap_or_default();
+        let ledger = match environments.get(&id) {
+            Some(state) => state.ledger.clone(),
+            // Not known to this process yet (a put right after a restart, before the first
+            // inventory): the template in Nomad may hold claims of an earlier process, which a
+            // registration with an empty ledger would wipe.
+            None => match self
+                .client
+                .read_job(&jobs::template_job_id(id))
+                .await
+                .map_err(nomad_error)?
+            {
+                Some(job) => jobs::parse_ledger(&job.value),
+                None => BTreeMap::new(),
+            },
+        };
         let job = jobs::template_job(&self.options.jobs, id, &spec, &ledger);
         self.register_and_wait(&job).await?;
         environments.insert(id, EnvironmentState { spec, ledger });
@@ -654,8 +665,16 @@ impl<C: Connector> Executor for NomadExecutor<C> {
         if before == state.ledger.get(&runner.uuid()).copied() {
             return Ok(());
         }
-        let state = state.clone();
-        self.write_ledger(runner.environment(), &state).await
+        let written = state.clone();
+        let result = self.write_ledger(runner.environment(), &written).await;
+        if result.is_err() {
+            // What is in memory is what Nomad holds: a failed write leaves no trace.
+            match before {
+                Some(mark) => state.ledger.insert(runner.uuid(), mark),
+                None => state.ledger.remove(&runner.uuid()),
+            };
+        }
+        result
     }
 
     async fn inventory(&self, as_of: Timestamp) -> Result<Inventory, BackendError> {
@@ -686,18 +705,19 @@ impl<C: Connector> Executor for NomadExecutor<C> {
                 runners.push(runner);
             }
         }
-        // What this executor knows of ledgers follows what Nomad holds.
+        // Ledgers this process does not know yet come from Nomad (recovery). One it knows is
+        // its own, and it is the only writer: the copy just read may predate a mark written
+        // while the lists were read, and adopting it would drop that mark from every later write
+        // (the simulation found a claim lost that way).
         {
             let mut known = self.environments.lock().await;
             for (id, spec) in &environments {
-                let ledger = ledgers.get(id).cloned().unwrap_or_default();
-                known.insert(
-                    *id,
-                    EnvironmentState {
-                        spec: Arc::new(spec.clone()),
-                        ledger,
-                    },
-                );
+                let state = known.entry(*id).or_insert_with(|| EnvironmentState {
+                    spec: Arc::new(spec.clone()),
+                    ledger: ledgers.get(id).cloned().unwrap_or_default(),
+                });
+                // The marks reported are the ones this process holds, the newest.
+                ledgers.insert(*id, state.ledger.clone());
             }
         }
         // Runner states from a fresh allocation list, not from the tracker: the tracker may be
