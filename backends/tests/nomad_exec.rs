@@ -438,7 +438,7 @@ async fn sessions_ending_without_an_exit_frame_map_as_poseidon_reads_them_except
 
     let (events, end) =
         end_without_exit(Ending::Close(1011, "failed to create exec object: boom")).await;
-    assert_eq!(events, [partial, ExecutionEvent::Exited(1)]);
+    assert_eq!(events, [partial, ExecutionEvent::Gone]);
     assert_eq!(
         end,
         Some(SessionEnd::Closed {

@@ -36,8 +36,12 @@ struct Cli {
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
     /// Run the seeds A..B (B excluded).
-    #[arg(long, value_parser = parse_range)]
+    #[arg(long, value_parser = parse_range, conflicts_with = "seeds_file")]
     seeds: Option<Range<u64>>,
+    /// Run the seeds listed in this file: one per line, `#` starts a comment (the committed
+    /// regression seeds are `sim/regressions.txt`).
+    #[arg(long, conflicts_with = "seed")]
+    seeds_file: Option<PathBuf>,
     /// Simulated minutes of workload and faults per seed (the healed phase comes on top).
     #[arg(long, default_value_t = 5)]
     minutes: u64,
@@ -122,11 +126,20 @@ fn main() -> ExitCode {
 }
 
 fn run_seeds(cli: &Cli) -> ExitCode {
-    let seeds = match (cli.seed, &cli.seeds) {
-        (Some(seed), _) => seed..seed + 1,
-        (None, Some(range)) => range.clone(),
-        (None, None) => {
-            eprintln!("trident-sim: give --seed N or --seeds A..B (or the `nomad` subcommand)");
+    let seeds: Vec<u64> = match (cli.seed, &cli.seeds, &cli.seeds_file) {
+        (Some(seed), _, _) => vec![seed],
+        (None, Some(range), _) => range.clone().collect(),
+        (None, None, Some(path)) => match read_seeds(path) {
+            Ok(seeds) => seeds,
+            Err(error) => {
+                eprintln!("trident-sim: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None, None) => {
+            eprintln!(
+                "trident-sim: give --seed N, --seeds A..B or --seeds-file PATH (or the `nomad` subcommand)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -151,8 +164,8 @@ fn run_seeds(cli: &Cli) -> ExitCode {
     };
     let cpu_start = cpu_seconds();
     let mut report = Report::default();
-    let total = seeds.end - seeds.start;
-    for (done, seed) in seeds.clone().enumerate() {
+    let total = seeds.len() as u64;
+    for (done, seed) in seeds.iter().copied().enumerate() {
         let config = SimConfig {
             duration: Duration::from_secs(cli.minutes * 60),
             faults: faults.clone(),
@@ -237,6 +250,26 @@ fn run_seeds(cli: &Cli) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The seeds of a seeds file.
+fn read_seeds(path: &std::path::Path) -> Result<Vec<u64>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut seeds = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        seeds.push(line.parse().map_err(|error| {
+            format!("{}:{}: {line:?} is not a seed: {error}", path.display(), number + 1)
+        })?);
+    }
+    if seeds.is_empty() {
+        return Err(format!("{} lists no seed", path.display()));
+    }
+    Ok(seeds)
 }
 
 fn seed_line(outcome: &SeedOutcome) -> String {

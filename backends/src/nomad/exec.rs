@@ -19,9 +19,10 @@
 //!   are not JSON, carry bad base64 or are binary are skipped (logged): one bad frame should not
 //!   cost the user the output after it.
 //! - **End of session without an exit frame** (§7.5): a close frame 1000 (or without a code)
-//!   gives exit code 0, as Poseidon reads it; a close frame that says the allocation is unknown
-//!   or terminal gives [`ExecutionEvent::Gone`]; any other close frame (1008/1011 with a reason)
-//!   gives exit code 1. A connection that just ends (1006, "unexpected EOF": an agent or server
+//!   gives exit code 0, as Poseidon reads it; any other close frame (1008/1011 with a reason:
+//!   the allocation is unknown or terminal, an RPC error) gives [`ExecutionEvent::Gone`], which
+//!   the client sees as Poseidon's error message (an exit code 1 would be one the command never
+//!   produced; the simulation caught `exit 2` reported as 1). A connection that just ends (1006, "unexpected EOF": an agent or server
 //!   restart, a node gone) also gives [`ExecutionEvent::Gone`], where Poseidon reports exit
 //!   code 0: the command's real exit code is unknown, and a 0 would tell CodeOcean that a
 //!   program passed when it may have failed (the simulation caught exactly that: `exit 3`
@@ -155,16 +156,12 @@ impl SessionEnd {
             } => ExecutionEvent::Exited(0),
             // Unknown exit code: never report one (see the module documentation).
             SessionEnd::ConnectionLost(_) => ExecutionEvent::Gone,
-            SessionEnd::Closed { reason, .. } if allocation_is_gone(reason) => ExecutionEvent::Gone,
-            SessionEnd::Closed { .. } => ExecutionEvent::Exited(1),
+            // Poseidon turns these into an error too ("Error executing the request"), never an
+            // exit code the command did not produce.
+            SessionEnd::Closed { .. } => ExecutionEvent::Gone,
             SessionEnd::Killed => ExecutionEvent::Exited(KILLED_EXIT_CODE),
         }
     }
-}
-
-/// Nomad's reasons that mean the runner's allocation is no more (§7.5 close-frame table).
-fn allocation_is_gone(reason: &str) -> bool {
-    reason.contains("Unknown allocation") || reason.contains("exec not possible, client status")
 }
 
 /// The allocation to exec in: the newest running allocation of the job that Nomad does not want

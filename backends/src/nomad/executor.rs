@@ -750,7 +750,7 @@ impl<C: Connector> Executor for NomadExecutor<C> {
                     )
                 })
         };
-        let runners = runners
+        let runners: Vec<InventoryRunner> = runners
             .into_iter()
             .map(|runner| InventoryRunner {
                 id: runner,

@@ -276,23 +276,24 @@ impl Manager {
                 }))
             }
             (InventoryStatus::Running(ports), None) => RunnerState::Idle { ports },
-            (InventoryStatus::Pending, mark) => {
+            (InventoryStatus::Pending, Some(_)) => {
+                // Claimed, and restarting (or restarted) since: as for a claimed runner that
+                // goes down, its id is its holder's capability, so it is stopped, never put back
+                // into the pool (the simulation found it handed to a second client this way).
+                self.unknown_ups.remove(&id);
+                self.adopt(id, generation, now, stopping());
+                self.effects.push_back(Effect::StopRunner { runner: id });
+                return;
+            }
+            (InventoryStatus::Pending, None) => {
                 match self.unknown_ups.remove(&id) {
                     // The backend reported it up after this snapshot was taken: it is up.
                     Some((reported_at, ports)) if reported_at >= as_of => {
-                        if mark.is_some() {
-                            self.effects.push_back(Effect::MarkRunner {
-                                runner: id,
-                                mark: RunnerMark::Idle,
-                            });
-                        }
                         RunnerState::Idle { ports }
                     }
                     _ => RunnerState::Starting {
                         deadline: now + self.config.start_timeout,
-                        // A pending runner with a claim mark restarted after its claim: it comes
-                        // back clean, and the mark goes once it is up.
-                        clear_mark: mark.is_some(),
+                        clear_mark: false,
                     },
                 }
             }
