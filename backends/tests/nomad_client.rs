@@ -459,6 +459,7 @@ async fn allocations_and_evaluations_are_listed_and_read() {
             prefix: Some("a1".into()),
             all_namespaces: true,
             resources: true,
+            omit_task_states: true,
         })
         .await
         .expect("listed");
@@ -496,7 +497,7 @@ async fn allocations_and_evaluations_are_listed_and_read() {
     // `*` lists every namespace, replacing the configured one.
     assert_eq!(
         seen[0].query,
-        "prefix=a1&resources=true&namespace=%2A&region=eu"
+        "prefix=a1&resources=true&task_states=false&namespace=%2A&region=eu"
     );
     assert_eq!(seen[1].path, "/v1/job/7-a/allocations");
     assert_eq!(seen[1].param("all").as_deref(), Some("false"));

@@ -52,6 +52,26 @@ pub fn server_binary() -> PathBuf {
                 "--bin",
                 "trident",
             ]);
+            // The variables `cargo test` sets for the test process describe this package, not
+            // the build: a build script that watches one (ring's watches CARGO_MANIFEST_DIR)
+            // would see it change and rebuild the server's TLS stack and the binary (a minute on
+            // two cores) for every test binary of another package.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                if name.starts_with("CARGO_PKG_")
+                    || matches!(
+                        &*name,
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "CARGO_RUSTC_CURRENT_DIR"
+                    )
+                {
+                    build.env_remove(&*name);
+                }
+            }
             if profile_dir
                 .file_name()
                 .is_some_and(|name| name == "release")

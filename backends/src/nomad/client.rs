@@ -178,6 +178,9 @@ pub struct AllocationQuery {
     pub all_namespaces: bool,
     /// Include `AllocatedResources` (the port mappings) in the stubs.
     pub resources: bool,
+    /// Leave `TaskStates` out of the stubs (`task_states=false`, §5.1). Task states (events
+    /// included) are most of a stub; statuses, links and ports are all a recovery reads.
+    pub omit_task_states: bool,
 }
 
 /// The typed Nomad client. Cheap to clone: clones share the connection pool and the entropy.
@@ -385,6 +388,9 @@ impl<C: Connector> NomadClient<C> {
         }
         if options.resources {
             query.push("resources", "true");
+        }
+        if options.omit_task_states {
+            query.push("task_states", "false");
         }
         let response = self
             .call(Method::GET, "/v1/allocations", query, None)

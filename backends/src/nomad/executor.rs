@@ -326,8 +326,11 @@ async fn seed<C: Connector>(
     client: &NomadClient<C>,
     tracker: &Arc<Mutex<AllocationTracker>>,
 ) -> Option<(u64, Vec<Observation>)> {
+    // Statuses, links and ports are all the tracker takes from a list: task states (the OOM
+    // rule) come with the events.
     let query = AllocationQuery {
         resources: true,
+        omit_task_states: true,
         ..AllocationQuery::default()
     };
     match client.list_allocations(&query).await {
@@ -725,6 +728,7 @@ impl<C: Connector> Executor for NomadExecutor<C> {
         // seeded allocation that is already running is never reported "up" again).
         let query = AllocationQuery {
             resources: true,
+            omit_task_states: true,
             ..AllocationQuery::default()
         };
         let allocations = self
