@@ -60,7 +60,10 @@ impl Default for DriverConfig {
 
 /// A read-only look at the manager after every input, with the manager's `now`.
 #[derive(Clone)]
-pub struct Inspector(pub Arc<dyn Fn(&Manager, Timestamp) + Send + Sync>);
+pub struct Inspector(pub Arc<InspectFn>);
+
+/// What an [`Inspector`] calls.
+pub type InspectFn = dyn Fn(&Manager, Timestamp) + Send + Sync;
 
 impl std::fmt::Debug for Inspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -33,5 +33,7 @@ fn the_simulation_finds_the_planted_recovery_bug_within_ten_seeds() {
         }
         tried.push(seed);
     }
-    panic!("no seed of 0..{SEEDS} caught the planted bug: the simulation has gone blind to lost claims");
+    panic!(
+        "no seed of 0..{SEEDS} caught the planted bug: the simulation has gone blind to lost claims"
+    );
 }

@@ -37,7 +37,9 @@ fn a_seed_replays_to_the_same_trace_in_one_process() {
 
 #[test]
 fn different_seeds_take_different_paths() {
-    let hashes: Vec<u64> = (20..23).map(|seed| run_seed(&short(seed)).trace_hash).collect();
+    let hashes: Vec<u64> = (20..23)
+        .map(|seed| run_seed(&short(seed)).trace_hash)
+        .collect();
     assert_ne!(hashes[0], hashes[1]);
     assert_ne!(hashes[1], hashes[2]);
 }
@@ -53,14 +55,21 @@ fn without_faults_every_invariant_holds_and_the_pools_heal_at_once() {
         "{:?}",
         outcome.fired
     );
-    assert!(outcome.passed(), "{:?} {:?}", outcome.violations, outcome.error);
+    assert!(
+        outcome.passed(),
+        "{:?} {:?}",
+        outcome.violations,
+        outcome.error
+    );
     assert!(
         outcome.counters.claims > 5 && outcome.counters.executions > 5,
         "the workload did its work: {:?}",
         outcome.counters
     );
     assert!(
-        outcome.healed_after.is_some_and(|after| after < Duration::from_secs(30)),
+        outcome
+            .healed_after
+            .is_some_and(|after| after < Duration::from_secs(30)),
         "a calm run heals within seconds of its workload ending: {:?}",
         outcome.healed_after
     );

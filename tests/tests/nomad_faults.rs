@@ -755,9 +755,10 @@ async fn slow_exec_sessions_are_bounded_by_the_time_limit() {
     assert!(slow.elapsed >= Duration::from_millis(800), "{slow:?}");
 }
 
-/// §10 row 21: exec sessions end by a dropped connection, without the exit frame. An
-/// interactive execution keeps Poseidon's reading (its output, then exit 0); a file copy or a
-/// listing is not reported done, since nobody saw it finish.
+/// §10 row 21: exec sessions end by a dropped connection, without the exit frame. Nobody saw
+/// the command finish: an interactive execution delivers its output and then Poseidon's error
+/// message, not Poseidon's exit 0 (an exit code the command may never have produced); a file
+/// copy or a listing is not reported done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sessions_without_an_exit_frame_do_not_confirm_file_operations() {
     let cluster = Cluster::start(fast(), &[]).await;
@@ -767,7 +768,8 @@ async fn exec_sessions_without_an_exit_frame_do_not_confirm_file_operations() {
 
     let run = cluster.run(&held, "echo dropped").await;
     assert_eq!(run.text("stdout").trim(), "dropped", "{run:?}");
-    assert_eq!(exit_code(&run), Some(0), "{run:?}");
+    assert_eq!(exit_code(&run), None, "{run:?}");
+    assert_eq!(run.last_control()["type"], "error", "{run:?}");
 
     let (code, body) = cluster.copy(&held, "a.txt", b"unconfirmed").await;
     assert_eq!(code, 500, "{body}");

@@ -706,7 +706,9 @@ fn a_claimed_runner_that_restarts_ends_its_lease_and_is_stopped_never_handed_out
         fixture
             .manager
             .runner_down(fixture.now, replacement[0], DownCause::FailedToStart);
-        fixture.manager.runner_down(fixture.now, claimed.runner, cause);
+        fixture
+            .manager
+            .runner_down(fixture.now, claimed.runner, cause);
         let effects = fixture.drain();
         assert!(
             matches!(

@@ -166,7 +166,7 @@ impl Swarm {
         for kind in FaultKind::ALL {
             // Draw for every kind, enabled or not, so that `--faults` does not shift the rates
             // the other kinds get.
-            let off = rng.next_u64() % 3 == 0;
+            let off = rng.next_u64().is_multiple_of(3);
             let fraction = unit(rng);
             let rate = if off || !enabled.contains(&kind) {
                 0.0

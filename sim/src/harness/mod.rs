@@ -32,7 +32,7 @@ use self::faults::{FaultKind, Swarm, unit};
 use self::net::{SimConnector, SimListener};
 use self::observatory::{Counters, Invariant, Observatory, Shared, Violation};
 use self::workload::{Client, WorkloadConfig};
-use crate::nomad::{Fault, FakeNomad, FakeNomadConfig};
+use crate::nomad::{FakeNomad, FakeNomadConfig, Fault};
 
 /// Trident's port inside the simulation.
 const TRIDENT_PORT: u16 = 7200;
@@ -127,7 +127,10 @@ enum NomadCommand {
 #[derive(Debug)]
 enum Undo {
     Repair,
-    RepairOneWay { from: &'static str, to: &'static str },
+    RepairOneWay {
+        from: &'static str,
+        to: &'static str,
+    },
     Release,
     Latency,
     Restart,
@@ -160,7 +163,7 @@ pub fn run_seed(config: &SimConfig) -> SeedOutcome {
             let receiver = receiver.lock().ok().and_then(|mut slot| slot.take());
             async move {
                 let nomad = FakeNomad::new(FakeNomadConfig {
-                    seed: seed ^ 0x6e6f_6d61_64,
+                    seed: seed ^ 0x006e_6f6d_6164,
                     // Production Nomad's, not the fast test settings: the simulation is about
                     // real timing.
                     schedule_delay: Duration::from_millis(50),
@@ -269,7 +272,11 @@ fn align_task_ids() {
                 return;
             };
             // `Id`'s text is the counter's value; the next task gets the next one.
-            if id.to_string().parse::<u64>().map_or(true, |id| id % MODULUS == MODULUS - 1) {
+            if id
+                .to_string()
+                .parse::<u64>()
+                .map_or(true, |id| id % MODULUS == MODULUS - 1)
+            {
                 return;
             }
         }
@@ -288,11 +295,7 @@ async fn trident(shared: Shared, seed: u64) -> turmoil::Result {
     };
     let process_seed = seed ^ incarnation.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let entropy_rng = Arc::new(Mutex::new(SplitMix64::new(process_seed ^ 0xe7)));
-    let entropy = move || {
-        entropy_rng
-            .lock()
-            .map_or(0, |mut rng| rng.next_u64())
-    };
+    let entropy = move || entropy_rng.lock().map_or(0, |mut rng| rng.next_u64());
     let probe = shared.clone();
     let options = NomadOptions {
         frame_probe: Some(FrameProbe(Arc::new(move |subscription, index| {
@@ -507,7 +510,7 @@ impl StepLoop<'_> {
             }
             FaultKind::PartitionOneWay => {
                 let length = self.seconds(1, 40);
-                let (from, to) = if self.rng.next_u64() % 2 == 0 {
+                let (from, to) = if self.rng.next_u64().is_multiple_of(2) {
                     ("trident", "nomad")
                 } else {
                     ("nomad", "trident")

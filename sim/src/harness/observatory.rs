@@ -249,7 +249,9 @@ impl Observatory {
         for (runner, lease) in manager.claimed_runners() {
             let runner = runner.to_string();
             match self.leases.get(&lease.0) {
-                Some(holder) if *holder != runner => reissued.push((lease.0, holder.clone(), runner)),
+                Some(holder) if *holder != runner => {
+                    reissued.push((lease.0, holder.clone(), runner))
+                }
                 Some(_) => {}
                 None => {
                     self.leases.insert(lease.0, runner);
@@ -275,7 +277,10 @@ impl Observatory {
             }
         }
         self.manager = Some(ManagerView {
-            runners: manager.runner_ids().map(|runner| runner.to_string()).collect(),
+            runners: manager
+                .runner_ids()
+                .map(|runner| runner.to_string())
+                .collect(),
             stats,
         });
     }

@@ -166,7 +166,9 @@ impl Client {
             .request(
                 Method::POST,
                 "/api/v1/runners",
-                Some(json!({"executionEnvironmentId": environment, "inactivityTimeout": inactivity})),
+                Some(
+                    json!({"executionEnvironmentId": environment, "inactivityTimeout": inactivity}),
+                ),
             )
             .await
         else {
@@ -197,7 +199,7 @@ impl Client {
                 return;
             }
         }
-        if self.rng.next_u64() % 4 == 0 {
+        if self.rng.next_u64().is_multiple_of(4) {
             // Abandon it: the inactivity timeout must reclaim it.
             self.trace(format_args!("abandons {runner}"));
             return;
@@ -233,12 +235,7 @@ impl Client {
 
     /// Copies a fresh file whose name and content say whose it is.
     async fn copy(&mut self, runner: &str, written: &mut Vec<Written>) -> End {
-        let path = format!(
-            "c{}-s{}-f{}.txt",
-            self.id,
-            self.sessions,
-            written.len() + 1
-        );
+        let path = format!("c{}-s{}-f{}.txt", self.id, self.sessions, written.len() + 1);
         let length = 1 + self.rng.next_u64() % 2048;
         let mut content = format!("{} wrote {path} into {runner}\n", self.name).into_bytes();
         while (content.len() as u64) < length {
@@ -325,10 +322,7 @@ impl Client {
         {
             self.violate(
                 Invariant::OutputFaithful,
-                format!(
-                    "{runner}: `{command}` printed {} bytes",
-                    run.stdout.len()
-                ),
+                format!("{runner}: `{command}` printed {} bytes", run.stdout.len()),
             );
         }
         End::Continue
@@ -596,7 +590,9 @@ fn describe(answer: &Result<Answer, String>) -> String {
         Ok(answer) => {
             let json = answer.json();
             match (answer.status, json.get("errorCode"), json.get("runnerId")) {
-                (_, _, Some(runner)) => format!("{} {}", answer.status, runner.as_str().unwrap_or("?")),
+                (_, _, Some(runner)) => {
+                    format!("{} {}", answer.status, runner.as_str().unwrap_or("?"))
+                }
                 (_, Some(code), _) => format!("{} {}", answer.status, code.as_str().unwrap_or("?")),
                 _ => answer.status.to_string(),
             }
