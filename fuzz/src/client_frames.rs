@@ -92,11 +92,9 @@ impl ClientMessage {
         }
     }
 
-    /// The wire bytes of the message.
-    fn encode(&self, out: &mut Vec<u8>) {
-        let mask =
-            Some(self.mask).filter(|_| !matches!(self.corruption, Some(Corruption::Unmasked)));
-        let (opcode, payload) = match &self.kind {
+    /// The opcode and payload of the message, corrupted as it says.
+    fn payload(&self) -> (u8, Vec<u8>) {
+        match &self.kind {
             Kind::Text(text) => {
                 let mut bytes = text.clone().into_bytes();
                 if let Some(Corruption::InvalidUtf8) = self.corruption {
@@ -130,7 +128,28 @@ impl ClientMessage {
                 }
                 (8, bytes)
             }
-        };
+        }
+    }
+
+    /// The payload pieces of the message's frames: data messages are split into
+    /// `1 + fragments % 4` frames, control messages are one.
+    fn pieces(&self) -> Vec<Vec<u8>> {
+        let (opcode, payload) = self.payload();
+        if payload.is_empty() || opcode >= 8 {
+            return vec![payload];
+        }
+        let pieces = usize::from(self.fragments % 4) + 1;
+        payload
+            .chunks(payload.len().div_ceil(pieces))
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// The wire bytes of the message.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mask =
+            Some(self.mask).filter(|_| !matches!(self.corruption, Some(Corruption::Unmasked)));
+        let (opcode, _) = self.payload();
         let rsv = match self.corruption {
             Some(Corruption::Reserved(bits)) => (bits % 7 + 1) << 4,
             _ => 0,
@@ -145,18 +164,7 @@ impl ClientMessage {
             frame(out, true, 0, 0, mask, b"stray");
         }
         let start = out.len();
-        let is_data = opcode < 8;
-        let pieces = if is_data {
-            usize::from(self.fragments % 4) + 1
-        } else {
-            1
-        };
-        let piece_len = payload.len().div_ceil(pieces).max(1);
-        let chunks: Vec<&[u8]> = if payload.is_empty() {
-            vec![&[]]
-        } else {
-            payload.chunks(piece_len).collect()
-        };
+        let chunks = self.pieces();
         for (index, chunk) in chunks.iter().enumerate() {
             let fin = index + 1 == chunks.len();
             let code = if index == 0 { opcode } else { 0 };
@@ -283,7 +291,7 @@ fn check(messages: &[ClientMessage], seen: &[Seen], stdin: &[u8], closed: bool) 
     let mut expected = Vec::new();
     let mut corrupted = false;
     for message in messages {
-        if fragment_count(message) > 1 && message.interleaved_ping {
+        if message.pieces().len() > 1 && message.interleaved_ping {
             expected.push(Seen::Control);
         }
         if message.corruption().is_some() {
@@ -314,18 +322,4 @@ fn check(messages: &[ClientMessage], seen: &[Seen], stdin: &[u8], closed: bool) 
     }
     assert_eq!(stdin, model, "stdin");
     assert_eq!(closed, seen.last() == Some(&Seen::Close));
-}
-
-/// How many frames a data message is sent in.
-fn fragment_count(message: &ClientMessage) -> usize {
-    let len = match &message.kind {
-        Kind::Text(text) => text.len(),
-        Kind::Binary(bytes) => bytes.len(),
-        _ => return 1,
-    };
-    if len == 0 {
-        return 1;
-    }
-    let pieces = usize::from(message.fragments % 4) + 1;
-    len.div_ceil(len.div_ceil(pieces).max(1))
 }

@@ -8,12 +8,12 @@
 //! of other shapes, text that is not JSON, binary and ping frames, close frames with or without
 //! a code and reason; the server then ends the connection.
 //!
-//! Properties, against a model written from `reference/nomad-api.md` §7.4–7.5:
+//! Properties, against a model of `reference/nomad-api.md` §7.4–7.5 as `exec.rs` reads it:
 //! - the session's events are exactly the non-empty decoded `stdout`/`stderr` data of the frames
 //!   before the first ending, in order, followed by exactly one ending event: the `exited` frame's
 //!   code (`128 + signal` for a signal without a code, 255 for a code outside 0..=255), exit 0
-//!   for a close frame 1000 (or without a code) and for a connection that just ends, `Gone` for
-//!   a close whose reason says the allocation is gone, exit 1 for any other close;
+//!   for a close frame 1000 (or without a code), `Gone` for any other close frame and for a
+//!   connection that just ends (the exit code is unknown: never report one);
 //! - nothing comes after the ending, and [`ExecSession::end`] says the same;
 //! - the server received the client's stdin, byte for byte, in `{"stdin":{"data":…}}` frames
 //!   of at most [`STDIN_FRAME_BYTES_MAX`] bytes, then one `{"stdin":{"close":true}}`.
@@ -178,20 +178,10 @@ impl ServerMessage {
             ServerMessage::Close {
                 code: Some((code, _)),
                 ..
-            } => {
-                let Message::Close(Some(frame)) = self.message() else {
-                    unreachable!("a close message with a code");
-                };
-                Expected::End(match close_code(*code) {
-                    1000 => ExecutionEvent::Exited(0),
-                    _ if frame.reason.contains("Unknown allocation")
-                        || frame.reason.contains("exec not possible, client status") =>
-                    {
-                        ExecutionEvent::Gone
-                    }
-                    _ => ExecutionEvent::Exited(1),
-                })
-            }
+            } => Expected::End(match close_code(*code) {
+                1000 => ExecutionEvent::Exited(0),
+                _ => ExecutionEvent::Gone,
+            }),
             ServerMessage::NotExited
             | ServerMessage::Heartbeat
             | ServerMessage::StreamClose { .. }
@@ -388,8 +378,8 @@ fn check_events<'a>(
             }
         }
     }
-    // The connection just ended: exit code 0.
-    expected.push(ExecutionEvent::Exited(0));
+    // The connection just ended: the exit code is unknown.
+    expected.push(ExecutionEvent::Gone);
     assert_eq!(events, expected);
     None
 }
