@@ -460,7 +460,16 @@ impl<C: Connector> NomadExecutor<C> {
                         output.exit = code;
                         return Ok(());
                     }
-                    ExecutionEvent::Gone => return Err(BackendError::RunnerNotFound(runner)),
+                    ExecutionEvent::Gone => {
+                        // A lost connection says nothing about the runner (Nomad or the node
+                        // restarted): the result is unknown, not the runner gone.
+                        return Err(match session.end() {
+                            Some(end @ SessionEnd::ConnectionLost(_)) => BackendError::Unavailable(
+                                format!("the file command ended without an exit code: {end:?}"),
+                            ),
+                            _ => BackendError::RunnerNotFound(runner),
+                        });
+                    }
                 }
             }
             Err(BackendError::RunnerNotFound(runner))
