@@ -81,6 +81,9 @@ pub struct ServerOptions {
     /// Where Poseidon's InfluxDB measurements go; `None` writes none (Prometheus' `/metrics`
     /// is always served).
     pub influx: Option<monitoring::influx::InfluxConfig>,
+    /// The Nomad backend's event hook ([`NomadOptions::event_monitor`]), bound to this
+    /// server's monitoring when it starts; `None` with another backend.
+    pub nomad_events: Option<monitoring::nomad::NomadEvents>,
 }
 
 impl Default for ServerOptions {
@@ -96,6 +99,7 @@ impl Default for ServerOptions {
             http: limits::HttpLimits::default(),
             api: limits::ApiLimits::default(),
             influx: None,
+            nomad_events: None,
         }
     }
 }
@@ -152,6 +156,9 @@ where
         monitoring::Monitor::start(options.influx.as_ref(), monitoring_stop.clone())
             .map_err(std::io::Error::other)?;
     let monitor = Arc::new(monitor);
+    if let Some(events) = &options.nomad_events {
+        events.attach(Arc::clone(&monitor));
+    }
     let manager = Manager::new(options.manager, (options.ids.0)());
     let (handle, driver) = driver::spawn(
         manager,

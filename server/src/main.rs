@@ -12,6 +12,7 @@ use trident_backends::nomad::events::EventStreamConfig;
 use trident_backends::nomad::executor::NomadOptions;
 use trident_core::ManagerConfig;
 use trident_server::config::{BackendKind, Cli, Config, LogFormat};
+use trident_server::monitoring::nomad::NomadEvents;
 use trident_server::{ServerOptions, nomad_executor, start};
 
 fn main() -> ExitCode {
@@ -147,6 +148,7 @@ async fn serve(config: Config) -> Result<(), String> {
             };
             let connector = tcp_connector(&nomad)
                 .map_err(|error| format!("cannot use Nomad at {}: {error}", nomad.address))?;
+            let nomad_events = NomadEvents::default();
             let nomad_options = NomadOptions {
                 events: EventStreamConfig {
                     heartbeat_timeout: Duration::from_secs(config.nomad_heartbeat_timeout_s),
@@ -156,10 +158,15 @@ async fn serve(config: Config) -> Result<(), String> {
                 unix_time_at_start_s: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |since| since.as_secs()),
+                event_monitor: Some(Arc::new(nomad_events.clone())),
                 ..NomadOptions::default()
             };
             let executor = Arc::new(nomad_executor(&nomad, connector, entropy, nomad_options)?);
             tracing::info!(address = %nomad.address, "Nomad backend ready");
+            let options = ServerOptions {
+                nomad_events: Some(nomad_events),
+                ..options
+            };
             let server = start(executor, listener, options).map_err(|error| error.to_string())?;
             // Nomad's runners outlive this process: a restarted server recovers them.
             run_until_signal(server).await

@@ -1,7 +1,8 @@
 //! Monitoring against real components: the `trident` binary writing Poseidon's InfluxDB
 //! measurements to a real VictoriaMetrics (Debian's `victoria-metrics`, which speaks InfluxDB's
-//! `/api/v2/write`), Prometheus' `/metrics` parsed, logs captured from the server's stderr, and
-//! readiness in front of a gated fake Nomad.
+//! `/api/v2/write`), Prometheus' `/metrics` parsed, logs captured from the server's stderr,
+//! Nomad's events as `poseidon_nomad_events` points from `trident --backend nomad` in front of the
+//! fake Nomad, and readiness in front of a gated fake Nomad.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -704,6 +705,207 @@ async fn gate(
         while connections.join_next().await.is_some() {}
     });
     (address, task)
+}
+
+/// The fake Nomad on an ephemeral port, served by the returned task (abort it to stop).
+async fn fake_nomad() -> (String, tokio::task::JoinHandle<()>) {
+    let nomad = trident_sim::nomad::FakeNomad::new(trident_sim::nomad::FakeNomadConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let address = format!("http://{}", listener.local_addr().expect("bound"));
+    let task = tokio::spawn(async move {
+        let _ = nomad.serve(listener).await;
+    });
+    (address, task)
+}
+
+/// Whether `text` is `hh:mm:ss.nnnnnnnnn` within a minute of the UTC time of day now.
+fn is_time_of_day_now(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let shape = bytes.len() == 18
+        && bytes.iter().enumerate().all(|(index, byte)| match index {
+            2 | 5 => *byte == b':',
+            8 => *byte == b'.',
+            _ => byte.is_ascii_digit(),
+        });
+    if !shape {
+        return false;
+    }
+    let field = |range: std::ops::Range<usize>| text[range].parse::<i64>().unwrap_or(-1);
+    let seconds = field(0..2) * 3_600 + field(3..5) * 60 + field(6..8);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+        % 86_400;
+    // Around midnight the difference wraps.
+    let difference = (now - seconds).rem_euclid(86_400);
+    difference.min(86_400 - difference) <= 60
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_nomad_event_becomes_a_poseidon_nomad_events_point_and_is_counted_by_topic_and_type()
+{
+    let vm = VictoriaMetrics::start().await;
+    let (nomad, serving) = fake_nomad().await;
+    let server = influx_server(
+        &vm.base(),
+        &["--backend", "nomad", "--nomad-address", &nomad],
+    )
+    .await;
+    server.environment(7, 1, 256).await;
+    let runner = server.claim(7, 0).await;
+    // The claimed runner's replacement comes up: more allocation events.
+    server.environment_ready(7, 1).await;
+
+    let allocations: Value = reqwest::get(format!("{nomad}/v1/allocations"))
+        .await
+        .expect("the fake answers")
+        .json()
+        .await
+        .expect("JSON");
+    let allocations = allocations.as_array().expect("a list");
+    let runner_allocation = allocations
+        .iter()
+        .find(|allocation| allocation["JobID"] == runner.as_str())
+        .and_then(|allocation| allocation["ID"].as_str())
+        .expect("the claimed runner's allocation")
+        .to_owned();
+    let live_runner_allocations = allocations
+        .iter()
+        .filter(|allocation| {
+            allocation["JobID"]
+                .as_str()
+                .is_some_and(|job| job.starts_with("7-"))
+                && allocation["DesiredStatus"] == "run"
+                && matches!(
+                    allocation["ClientStatus"].as_str(),
+                    Some("pending" | "running")
+                )
+        })
+        .count();
+    assert_eq!(
+        live_runner_allocations, 2,
+        "the claimed runner and its replacement"
+    );
+
+    // Every event read from the stream is a point: once the stream is quiet, the points in
+    // VictoriaMetrics and the counter agree, and nothing was dropped.
+    let events_name = "poseidon_nomad_events_payload";
+    let deadline = Instant::now() + POINTS_TIMEOUT;
+    let (series, counted) = loop {
+        let series = vm.export(r#"{__name__=~"poseidon_nomad_.*"}"#).await;
+        let metrics = server.metrics().await;
+        let counted = metrics.sum("trident_nomad_events_total", &[]);
+        let points: usize = find(&series, events_name, &[])
+            .iter()
+            .map(|s| s.values.len())
+            .sum();
+        let written = metrics.sum("trident_influxdb_points_written_total", &[]);
+        if counted > 0.0 && points as f64 == counted && written > 0.0 {
+            break (series, counted);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{points} poseidon_nomad_events points, {counted} events counted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let event_points = find(&series, events_name, &[]);
+    // Poseidon's tags: topic, type, key, the time of day, and the stage.
+    let has = |topic: &str, kind: &str, key: &str| {
+        event_points.iter().any(|s| {
+            s.labels.get("topic").map(String::as_str) == Some(topic)
+                && s.labels.get("type").map(String::as_str) == Some(kind)
+                && (key.is_empty() || s.labels.get("key").map(String::as_str) == Some(key))
+        })
+    };
+    assert!(
+        has("Job", "JobRegistered", "template-7"),
+        "{event_points:#?}"
+    );
+    assert!(has("Job", "JobRegistered", &runner), "{event_points:#?}");
+    assert!(
+        event_points.iter().any(|s| {
+            s.labels.get("topic").map(String::as_str) == Some("Allocation")
+                && s.labels.get("key") == Some(&runner_allocation)
+        }),
+        "no Allocation event of {runner_allocation}: {event_points:#?}"
+    );
+    assert!(
+        has("Evaluation", "EvaluationUpdated", ""),
+        "{event_points:#?}"
+    );
+    for point in &event_points {
+        let timestamp = point.labels.get("timestamp").map(String::as_str);
+        assert!(
+            timestamp.is_some_and(is_time_of_day_now),
+            "timestamp {timestamp:?} of {point:?}"
+        );
+        assert_eq!(point.labels.get("stage").map(String::as_str), Some("test"));
+    }
+    // The counter by topic and type matches the points with those tags.
+    let metrics = server.metrics().await;
+    for (topic, kind) in [
+        ("Job", "JobRegistered"),
+        ("Allocation", "PlanResult"),
+        ("Allocation", "AllocationUpdated"),
+        ("Evaluation", "EvaluationUpdated"),
+    ] {
+        let labelled = find(&series, events_name, &[("topic", topic), ("type", kind)])
+            .iter()
+            .map(|s| s.values.len())
+            .sum::<usize>() as f64;
+        assert!(labelled > 0.0, "no {topic}/{kind} point");
+        assert_eq!(
+            metrics.sum(
+                "trident_nomad_events_total",
+                &[("topic", topic), ("type", kind)]
+            ),
+            labelled,
+            "{topic}/{kind}"
+        );
+    }
+    assert_eq!(
+        metrics.types.get("trident_nomad_events"),
+        Some(&"counter".to_owned())
+    );
+    assert!(counted >= 8.0, "{counted} events for two runners");
+    assert_eq!(
+        metrics.sum("trident_influxdb_points_dropped_total", &[]),
+        0.0
+    );
+
+    // The tracker follows both runners' allocations: the gauge, and Poseidon's two counts.
+    let deadline = Instant::now() + POINTS_TIMEOUT;
+    loop {
+        let tracked = server
+            .metrics()
+            .await
+            .sum("trident_nomad_tracked_jobs", &[]);
+        let series = vm
+            .export(r#"{__name__=~"poseidon_nomad_(jobs|allocations)_count"}"#)
+            .await;
+        let reached = |name: &str| {
+            find(&series, name, &[("event_type", "creation")])
+                .iter()
+                .any(|s| s.values.contains(&(live_runner_allocations as f64)))
+        };
+        if tracked == live_runner_allocations as f64
+            && reached("poseidon_nomad_jobs_count")
+            && reached("poseidon_nomad_allocations_count")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tracked {tracked}, points {series:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(server);
+    serving.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

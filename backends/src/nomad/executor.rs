@@ -8,7 +8,9 @@
 //! - Observations come from one owned task that seeds an [`AllocationTracker`] from the
 //!   allocation list, follows the event stream from that index, feeds every frame to the tracker
 //!   and its evaluations to the [`EvaluationBoard`], and re-seeds on every `Resync` (gap,
-//!   undecodable frame).
+//!   undecodable frame). An [`EventMonitor`] ([`NomadOptions::event_monitor`]) is shown every
+//!   frame before the tracker applies it, and the tracked job count after; it is a plain call
+//!   that must not wait, so monitoring never holds up the stream.
 //! - Claim marks are kept in each environment's ledger (the template job's `config` group meta)
 //!   and written by re-registering the template; the inventory reads one job list plus one
 //!   template per environment.
@@ -55,6 +57,7 @@ use super::exec::{
     ExecClient, ExecError, ExecSession, SessionEnd, SplitExecution, choose_allocation,
 };
 use super::jobs::{self, JobSettings};
+use super::model::Frame;
 use super::tracker::AllocationTracker;
 use crate::executor::{
     BackendError, ExecutionEvent, ExecutionRequest, Executor, FileDownload, FileHeader, FileUpdate,
@@ -91,6 +94,20 @@ pub struct NomadOptions {
     /// subscription it came through (one per seed of the tracker). The simulation checks that
     /// indexes never go backwards within a subscription. `None` in production.
     pub frame_probe: Option<FrameProbe>,
+    /// Told every event frame and the number of tracked runner jobs, for monitoring (the
+    /// server's `poseidon_nomad_events`). `None` records nothing.
+    pub event_monitor: Option<Arc<dyn EventMonitor>>,
+}
+
+/// What the follower tells monitoring. It is called on the follower task, between reading a
+/// frame and applying it, so an implementation must return at once: no await, no blocking send,
+/// no lock held across I/O. The event stream's reader never waits on monitoring.
+pub trait EventMonitor: Send + Sync + std::fmt::Debug {
+    /// A data frame (never a heartbeat), before the tracker applies it.
+    fn frame(&self, frame: &Frame);
+    /// How many runner jobs the tracker follows (one allocation each), after every seed and
+    /// every frame.
+    fn tracked_jobs(&self, jobs: usize);
 }
 
 /// See [`NomadOptions::frame_probe`]: called with (subscription, frame index).
@@ -112,6 +129,7 @@ impl Default for NomadOptions {
             events: EventStreamConfig::default(),
             unix_time_at_start_s: 0,
             frame_probe: None,
+            event_monitor: None,
         }
     }
 }
@@ -165,6 +183,7 @@ impl<C: Connector> NomadExecutor<C> {
             sender,
             options.events.clone(),
             options.frame_probe.clone(),
+            options.event_monitor.clone(),
         ));
         Self {
             client,
@@ -266,6 +285,7 @@ async fn follow<C: Connector>(
     sender: mpsc::Sender<Observation>,
     config: EventStreamConfig,
     probe: Option<FrameProbe>,
+    monitor: Option<Arc<dyn EventMonitor>>,
 ) {
     let mut subscription = 0u64;
     loop {
@@ -276,6 +296,9 @@ async fn follow<C: Connector>(
             tokio::time::sleep(SEED_RETRY).await;
             continue;
         };
+        if let Some(monitor) = &monitor {
+            monitor.tracked_jobs(lock(&tracker).tracked_jobs());
+        }
         // The tracker does not report what it was seeded with, but the manager may have learnt
         // of these runners from an older snapshot that still said "pending": tell it they are up.
         // For runners it already knows as up this only refreshes their ports.
@@ -301,8 +324,17 @@ async fn follow<C: Connector>(
                     if let Some(probe) = &probe {
                         (probe.0)(subscription, frame.index);
                     }
+                    if let Some(monitor) = &monitor {
+                        monitor.frame(&frame);
+                    }
                     evaluations.take_events(&frame.events);
-                    let observations = lock(&tracker).apply_frame(&frame);
+                    let (observations, tracked_jobs) = {
+                        let mut tracker = lock(&tracker);
+                        (tracker.apply_frame(&frame), tracker.tracked_jobs())
+                    };
+                    if let Some(monitor) = &monitor {
+                        monitor.tracked_jobs(tracked_jobs);
+                    }
                     for observation in observations {
                         if sender.send(observation).await.is_err() {
                             return;

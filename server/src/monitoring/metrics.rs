@@ -32,6 +32,19 @@ struct EnvironmentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NomadEventLabels {
+    topic: String,
+    r#type: String,
+}
+
+/// Distinct `(topic, type)` pairs of `trident_nomad_events_total`: Nomad names both, so a
+/// misbehaving server could otherwise grow the family without bound. Later pairs count as
+/// `other`.
+const NOMAD_EVENT_LABELS_MAX: usize = 64;
+/// Longest topic or type kept as a label value (Nomad's are under 40 bytes).
+const NOMAD_EVENT_LABEL_BYTES_MAX: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -89,6 +102,10 @@ pub struct Metrics {
     influx_written: Counter,
     influx_dropped: Family<DropLabels, Counter>,
     ready: Gauge,
+    nomad_events: Family<NomadEventLabels, Counter>,
+    /// The `(topic, type)` pairs `nomad_events` has, at most [`NOMAD_EVENT_LABELS_MAX`].
+    nomad_event_labels: Mutex<BTreeSet<(String, String)>>,
+    nomad_tracked_jobs: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -203,6 +220,18 @@ impl Metrics {
             "1 once the first recovery (the first inventory) has finished",
             ready.clone(),
         );
+        let nomad_events = Family::<NomadEventLabels, Counter>::default();
+        registry.register(
+            "nomad_events",
+            "Events read from Nomad's event stream, by topic and type (Nomad backend)",
+            nomad_events.clone(),
+        );
+        let nomad_tracked_jobs = Gauge::default();
+        registry.register(
+            "nomad_tracked_jobs",
+            "Runner jobs whose allocation the Nomad backend follows (one allocation each)",
+            nomad_tracked_jobs.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -220,6 +249,9 @@ impl Metrics {
             influx_written,
             influx_dropped,
             ready,
+            nomad_events,
+            nomad_event_labels: Mutex::new(BTreeSet::new()),
+            nomad_tracked_jobs,
         }
     }
 
@@ -319,4 +351,46 @@ impl Metrics {
     pub(crate) fn set_ready(&self) {
         self.ready.set(1);
     }
+
+    pub(crate) fn nomad_event(&self, topic: &str, kind: &str) {
+        let mut labels = (
+            truncate(topic, NOMAD_EVENT_LABEL_BYTES_MAX).to_owned(),
+            truncate(kind, NOMAD_EVENT_LABEL_BYTES_MAX).to_owned(),
+        );
+        {
+            let Ok(mut known) = self.nomad_event_labels.lock() else {
+                return;
+            };
+            if !known.contains(&labels) {
+                if known.len() < NOMAD_EVENT_LABELS_MAX {
+                    known.insert(labels.clone());
+                } else {
+                    labels = ("other".to_owned(), "other".to_owned());
+                }
+            }
+        }
+        self.nomad_events
+            .get_or_create(&NomadEventLabels {
+                topic: labels.0,
+                r#type: labels.1,
+            })
+            .inc();
+    }
+
+    pub(crate) fn nomad_tracked_jobs(&self, jobs: usize) {
+        self.nomad_tracked_jobs
+            .set(i64::try_from(jobs).unwrap_or(i64::MAX));
+    }
+}
+
+/// `text` cut to at most `bytes_max` bytes, at a character boundary.
+pub(crate) fn truncate(text: &str, bytes_max: usize) -> &str {
+    if text.len() <= bytes_max {
+        return text;
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

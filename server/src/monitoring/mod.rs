@@ -13,14 +13,18 @@
 //! `duration` in ns, `request_size` for file updates), `poseidon_poolsize`,
 //! `poseidon_nomad_idle_runners` (`count`; `startup_duration` in ns when a runner came up),
 //! `poseidon_used_runners`, `poseidon_environments`, `poseidon_nomad_executions`,
-//! `poseidon_file_download`. Every point carries the `stage` tag.
+//! `poseidon_file_download`, and with the Nomad backend `poseidon_nomad_events`,
+//! `poseidon_nomad_jobs` and `poseidon_nomad_allocations` ([`nomad`]). Every point carries the
+//! `stage` tag.
 
 pub mod influx;
 pub mod metrics;
+pub mod nomad;
 pub mod requests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use influxdb2::models::FieldValue;
@@ -52,6 +56,8 @@ pub struct RequestIds {
 pub struct Monitor {
     metrics: Arc<Metrics>,
     influx: Option<InfluxSink>,
+    /// The Nomad tracker's last job count, to write Poseidon's points only when it changes.
+    nomad_tracked: AtomicUsize,
 }
 
 impl Default for Monitor {
@@ -59,6 +65,7 @@ impl Default for Monitor {
         Monitor {
             metrics: Arc::new(Metrics::new()),
             influx: None,
+            nomad_tracked: AtomicUsize::new(0),
         }
     }
 }
@@ -75,7 +82,7 @@ impl Monitor {
             return Ok((
                 Monitor {
                     metrics,
-                    influx: None,
+                    ..Monitor::default()
                 },
                 None,
             ));
@@ -86,6 +93,7 @@ impl Monitor {
             Monitor {
                 metrics,
                 influx: Some(sink),
+                nomad_tracked: AtomicUsize::new(0),
             },
             Some(task),
         ))
