@@ -193,9 +193,10 @@ async fn dropping_the_executor_ends_its_watchers_and_sandboxes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copies_outside_workspace_and_tmp_fail_after_the_rest_is_written() {
-    // Like Poseidon's `tar`, which extracts what it can and fails on what it "Cannot open"
-    // (e2e `TestCopyFilesRoute_PermissionDenied`: 500, `test.txt` still written).
+async fn copies_outside_workspace_and_tmp_fail_before_anything_is_written() {
+    // Poseidon's `tar` extracts what it can and fails on what it "Cannot open" (e2e
+    // `TestCopyFilesRoute_PermissionDenied`: 500, `test.txt` still written). The status is kept,
+    // but every path is checked first: nothing of a failed update is written.
     let fixture = Local::new();
     let mut h = Harness::new(&fixture).await;
     let runner = h.runner(&fixture).await;
@@ -213,10 +214,14 @@ async fn copies_outside_workspace_and_tmp_fail_after_the_rest_is_written() {
         ),
         other => panic!("expected a copy failure, got {other:?}"),
     }
-    assert_eq!(
-        h.download(runner, "test.txt").await.expect("written"),
-        b"ok"
+    assert!(
+        matches!(
+            h.download(runner, "test.txt").await,
+            Err(BackendError::FileNotFound)
+        ),
+        "test.txt was written"
     );
+    h.files(runner, &[], &[("test.txt", b"ok")]).await;
     // An escape anywhere in a request refuses all of it: nothing is deleted or written.
     let result = h
         .executor

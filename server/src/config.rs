@@ -121,6 +121,10 @@ pub struct Cli {
     /// together; 0 for no bound [default: 65536].
     #[arg(long, env = "TRIDENT_WORKSPACE_FILES", value_name = "N")]
     pub workspace_files: Option<u64>,
+    /// Local backend: processes (and threads) each runner may run at once; a fork beyond
+    /// fails [default: 512].
+    #[arg(long, env = "TRIDENT_MAX_PROCESSES", value_name = "N")]
+    pub max_processes: Option<u64>,
     /// Nomad backend: the cluster's address [default: http://127.0.0.1:4646].
     #[arg(long, env = "TRIDENT_NOMAD_ADDRESS", value_name = "URL")]
     pub nomad_address: Option<String>,
@@ -191,6 +195,7 @@ pub struct FileConfig {
     max_websocket_message_bytes: Option<usize>,
     workspace_bytes: Option<u64>,
     workspace_files: Option<u64>,
+    max_processes: Option<u64>,
     nomad_address: Option<String>,
     nomad_token: Option<String>,
     nomad_namespace: Option<String>,
@@ -230,6 +235,8 @@ pub struct Config {
     pub workspace_bytes: u64,
     /// Local backend: files of each runner's workspace and /tmp together; 0 for no bound.
     pub workspace_files: u64,
+    /// Local backend: processes of each runner at once (its pids cgroup, or `RLIMIT_NPROC`).
+    pub max_processes: u64,
     /// The configuration file this was read from, if any: the local backend hides it from
     /// sandboxes (it may hold the API token).
     pub config_file: Option<PathBuf>,
@@ -305,7 +312,19 @@ impl Config {
         }
         let influx = Config::influx(cli, &file)?;
         let (http, api) = Config::limits(cli, &file)?;
+        // No "0 for none" here, unlike the workspace quota: a runner without a process limit is
+        // one fork bomb away from the host's process table.
+        let max_processes = cli
+            .max_processes
+            .or(file.max_processes)
+            .unwrap_or(trident_backends::local::executor::DEFAULT_PIDS_MAX);
+        if max_processes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_processes must be at least 1".into(),
+            ));
+        }
         Ok(Config {
+            max_processes,
             influx,
             http,
             api,
@@ -580,6 +599,24 @@ mod tests {
         assert_eq!(config.workspace_bytes, 0);
         assert!(matches!(
             Config::merge(&Cli::default(), file("max_connections = 0")),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_process_limit_has_a_default_a_flag_a_key_and_no_zero() {
+        let config = Config::merge(&Cli::default(), FileConfig::default()).expect("valid");
+        assert_eq!(
+            config.max_processes,
+            trident_backends::local::executor::DEFAULT_PIDS_MAX
+        );
+        let config = Config::merge(&Cli::default(), file("max_processes = 100")).expect("valid");
+        assert_eq!(config.max_processes, 100);
+        let cli = Cli::try_parse_from(["trident", "--max-processes", "64"]).expect("valid flags");
+        let config = Config::merge(&cli, file("max_processes = 100")).expect("valid");
+        assert_eq!(config.max_processes, 64, "the flag wins over the file");
+        assert!(matches!(
+            Config::merge(&Cli::default(), file("max_processes = 0")),
             Err(ConfigError::Invalid(_))
         ));
     }

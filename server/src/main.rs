@@ -127,6 +127,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 images: config.images.clone(),
                 workspace_bytes: Some(config.workspace_bytes),
                 workspace_files: Some(config.workspace_files),
+                pids_max: Some(config.max_processes),
                 ..LocalOptions::default()
             };
             let executor = Arc::new(LocalExecutor::new(host, local));

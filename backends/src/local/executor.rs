@@ -529,9 +529,10 @@ impl Executor for LocalExecutor {
 
     /// Paths are resolved as [`crate::local::files`] documents. Every path is checked before
     /// anything is done, so a request with an escaping or invalid path (`BadRequest`) changes
-    /// nothing. Paths outside the workspace and `/tmp` (which the local backend cannot write)
-    /// are skipped while the rest is done, then reported as a copy failure, the way Poseidon's
-    /// `tar` extracts what it can and fails on what it "Cannot open".
+    /// nothing, and neither does one with a path outside the workspace and `/tmp` (which the
+    /// local backend cannot write): that is reported as Poseidon's copy failure (500, "Cannot
+    /// open"), but where Poseidon's `tar` extracts the other entries first, nothing is written,
+    /// so that a failed update never leaves a workspace half changed.
     async fn update_files(&self, runner: RunnerId, update: FileUpdate) -> Result<(), BackendError> {
         let sandbox = self.sandbox(runner)?;
         tokio::task::spawn_blocking(move || {
@@ -553,15 +554,21 @@ impl Executor for LocalExecutor {
                     Err(error) => return Err(BackendError::BadRequest(error.to_string())),
                 }
             }
+            if !unreachable.is_empty() {
+                return Err(BackendError::Failed(format!(
+                    "file copy failed: Cannot open: {}: only the workspace and /tmp can be written",
+                    unreachable.join(", ")
+                )));
+            }
             for path in &update.delete {
                 match workspace.delete(path) {
-                    Ok(()) | Err(FileError::NotFound(_)) | Err(FileError::Unreachable(_)) => {}
+                    Ok(()) | Err(FileError::NotFound(_)) => {}
                     Err(error) => return Err(file_error(error)),
                 }
             }
             for (path, content) in &update.copy {
                 match workspace.copy(path, content) {
-                    Ok(()) | Err(FileError::Unreachable(_)) => {}
+                    Ok(()) => {}
                     Err(
                         error @ (FileError::Escape(_)
                         | FileError::SymlinkEscape(_)
@@ -574,14 +581,7 @@ impl Executor for LocalExecutor {
                     }
                 }
             }
-            if unreachable.is_empty() {
-                Ok(())
-            } else {
-                Err(BackendError::Failed(format!(
-                    "file copy failed: Cannot open: {}: only the workspace and /tmp can be written",
-                    unreachable.join(", ")
-                )))
-            }
+            Ok(())
         })
         .await
         .map_err(|error| BackendError::Failed(error.to_string()))?

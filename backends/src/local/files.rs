@@ -19,8 +19,9 @@
 //!   of a sandbox's file system is the read-only root shared with the host, which a file
 //!   operation done by the server must never touch. Poseidon would write such paths inside the
 //!   container as root, or fail to read them (`/proc/1/environ` gives 424); the local executor
-//!   answers reads with "file not found" (424, like Poseidon) and writes with a copy failure
-//!   (500, like Poseidon's `tar` that "Cannot open" a path), after the other entries are written.
+//!   answers reads with "file not found" (424, like Poseidon) and an update naming one with a
+//!   copy failure (500, like Poseidon's `tar` that "Cannot open" a path) before any of its
+//!   entries is written (Poseidon's `tar` writes the others).
 //!   Mapping them into the workspace instead (as an earlier version did) would put files where
 //!   no command looks for them.
 //!
