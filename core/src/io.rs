@@ -290,6 +290,12 @@ pub enum InventoryStatus {
     Pending,
     /// Up and ready, with its port mappings.
     Running(Vec<MappedPort>),
+    /// Held by the backend but it will not run by itself: its start failed (Nomad: placement
+    /// failed, its evaluation blocked) or everything that ran it ended and nothing replaces it.
+    /// The same facts, seen as events, are [`DownCause::FailedToStart`] or [`DownCause::Lost`];
+    /// listed, they let a manager that missed those events (a restart, a gap) purge the runner
+    /// instead of waiting for a start that never comes.
+    Failed,
 }
 
 /// Work for the backend.

@@ -291,10 +291,10 @@ impl Driver {
             }
         }
         for _ in 0..u.int_in_range(0..=6)? {
-            let status = if u.arbitrary()? {
-                InventoryStatus::Pending
-            } else {
-                InventoryStatus::Running(ports(u)?)
+            let status = match u.int_in_range(0..=2u8)? {
+                0 => InventoryStatus::Pending,
+                1 => InventoryStatus::Running(ports(u)?),
+                _ => InventoryStatus::Failed,
             };
             let mark = match u.int_in_range(0..=2u8)? {
                 0 => RunnerMark::Idle,

@@ -62,8 +62,8 @@ struct Cli {
     #[arg(long)]
     hashes: Option<PathBuf>,
     /// Seeds that fail because of a known, open bug (one per line, `#` comments, as
-    /// `sim/known-failures.txt`): their failures are reported but do not fail the run. A
-    /// nondeterministic trace always fails it.
+    /// `sim/known-failures.txt`; none is fine): their failures are reported but do not fail the
+    /// run. A nondeterministic trace always fails it.
     #[arg(long)]
     known_failures: Option<PathBuf>,
     /// Print one line per seed, not only failures and the report.
@@ -134,7 +134,13 @@ fn run_seeds(cli: &Cli) -> ExitCode {
     let seeds: Vec<u64> = match (cli.seed, &cli.seeds, &cli.seeds_file) {
         (Some(seed), _, _) => vec![seed],
         (None, Some(range), _) => range.clone().collect(),
-        (None, None, Some(path)) => match read_seeds(path) {
+        (None, None, Some(path)) => match read_seeds(path).and_then(|seeds| {
+            if seeds.is_empty() {
+                Err(format!("{} lists no seed", path.display()))
+            } else {
+                Ok(seeds)
+            }
+        }) {
             Ok(seeds) => seeds,
             Err(error) => {
                 eprintln!("trident-sim: {error}");
@@ -289,9 +295,6 @@ fn read_seeds(path: &std::path::Path) -> Result<Vec<u64>, String> {
                 number + 1
             )
         })?);
-    }
-    if seeds.is_empty() {
-        return Err(format!("{} lists no seed", path.display()));
     }
     Ok(seeds)
 }

@@ -18,6 +18,7 @@ const REGISTER: &str = "PUT /v1/jobs";
 const PURGE: &str = "DELETE /v1/job/:id";
 const READ_JOB: &str = "GET /v1/job/:id";
 const JOB_ALLOCATIONS: &str = "GET /v1/job/:id/allocations";
+const JOB_EVALUATIONS: &str = "GET /v1/job/:id/evaluations";
 /// The environment every test uses.
 const ENV: u64 = 1;
 
@@ -48,8 +49,15 @@ impl Drop for Cluster {
     }
 }
 
-impl Cluster {
-    async fn start(config: FakeNomadConfig, extra: &[&str]) -> Cluster {
+/// The fake Nomad served on an ephemeral port, before any Trident talks to it.
+struct Served {
+    nomad: FakeNomad,
+    address: String,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    async fn start(config: FakeNomadConfig) -> Served {
         let nomad = FakeNomad::new(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -61,6 +69,26 @@ impl Cluster {
                 let _ = nomad.serve(listener).await;
             })
         };
+        Served {
+            nomad,
+            address,
+            serving,
+        }
+    }
+}
+
+impl Cluster {
+    async fn start(config: FakeNomadConfig, extra: &[&str]) -> Cluster {
+        Cluster::attach(Served::start(config).await, extra).await
+    }
+
+    /// A `trident --backend nomad` in front of a fake that may already hold jobs.
+    async fn attach(served: Served, extra: &[&str]) -> Cluster {
+        let Served {
+            nomad,
+            address,
+            serving,
+        } = served;
         let mut args = vec!["--backend", "nomad", "--nomad-address", address.as_str()];
         args.extend_from_slice(extra);
         let server = Server::start(&args).await;
@@ -603,6 +631,93 @@ async fn a_placement_failure_fails_the_start_backs_off_and_recovers() {
 
     cluster.inject(Fault::PlacementFailure(false));
     cluster.wait_pool(1, 1, Duration::from_secs(15)).await;
+}
+
+/// §10 row 12 across a restart: a Trident registered a runner and died before the evaluation
+/// failed to place it (the simulation's seeds 51 and 128). The next Trident finds the job with no
+/// allocation and a blocked evaluation, purges it at once and fills the pool, where it used to
+/// adopt it as starting and wait for it until the start timeout (600 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_left_unplaced_by_a_dead_trident_is_purged_by_the_next_one() {
+    use trident_backends::nomad::jobs::{self, JobSettings};
+    use trident_core::{EnvironmentId, EnvironmentSpec, RunnerId};
+
+    let served = Served::start(fast()).await;
+    let spec = EnvironmentSpec {
+        prewarming_pool_size: 1,
+        cpu_limit: 100,
+        memory_limit: 128,
+        image: "host".into(),
+        network_access: false,
+        exposed_ports: vec![],
+    };
+    let settings = JobSettings::default();
+    let template = jobs::template_job(
+        &settings,
+        EnvironmentId(ENV),
+        &spec,
+        &std::collections::BTreeMap::new(),
+    );
+    served
+        .nomad
+        .register_job("default", &json!({ "Job": template }))
+        .expect("the template registers");
+    // What the dead Trident left: its runner's registration, placed while the cluster was full.
+    let unplaced: RunnerId = format!("{ENV}-0b7e41f2-8c3d-11ef-9d2a-0242ac120002")
+        .parse()
+        .expect("a runner id");
+    served
+        .nomad
+        .inject(Fault::PlacementFailure(true))
+        .expect("the fault applies");
+    let registered = served
+        .nomad
+        .register_job(
+            "default",
+            &json!({ "Job": jobs::runner_job(&settings, unplaced, &spec, true) }),
+        )
+        .expect("the runner registers");
+    let evaluation = registered["EvalID"]
+        .as_str()
+        .expect("an evaluation")
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found: Value = reqwest::get(format!("{}/v1/evaluation/{evaluation}", served.address))
+            .await
+            .expect("the fake answers")
+            .json()
+            .await
+            .expect("JSON");
+        if found["Status"] == "complete" {
+            assert!(
+                found["BlockedEval"].is_string(),
+                "placement failed: {found}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the evaluation never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Room again; the blocked evaluation stays blocked (the fake never re-runs it).
+    served
+        .nomad
+        .inject(Fault::PlacementFailure(false))
+        .expect("the fault clears");
+
+    let cluster = Cluster::attach(served, &[]).await;
+    cluster.wait_pool(1, 0, Duration::from_secs(15)).await;
+    let jobs = cluster.runner_jobs().await;
+    assert!(
+        !jobs.contains(&unplaced.to_string()),
+        "the unplaced runner was purged: {jobs:?}"
+    );
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(
+        cluster.count(JOB_EVALUATIONS),
+        1,
+        "the recovery read evaluations of the one job without an allocation, and of no other"
+    );
 }
 
 /// §10 row 25: an operator purges two runner jobs and Nomad reports only `JobDeregistered`,

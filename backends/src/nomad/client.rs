@@ -421,6 +421,21 @@ impl<C: Connector> NomadClient<C> {
         })
     }
 
+    /// The evaluations of one job (`GET /v1/job/:id/evaluations`, §3.6), in Nomad's order. An
+    /// unknown job has none. The inventory asks for them only for runner jobs without any
+    /// allocation: whether their placement is still to come or failed, only these say.
+    pub async fn job_evaluations(
+        &self,
+        job_id: &str,
+    ) -> Result<Indexed<Vec<Evaluation>>, NomadError> {
+        let path = format!("/v1/job/{}/evaluations", encode(job_id));
+        let response = self.call(Method::GET, &path, Query::new(), None).await?;
+        Ok(Indexed {
+            value: decode_list("job evaluations", &response.body)?,
+            index: response.index,
+        })
+    }
+
     /// Reads one allocation (`GET /v1/allocation/:id`, §5.1); `None` when Nomad does not know
     /// it.
     pub async fn read_allocation(

@@ -766,7 +766,9 @@ impl<C: Connector> Executor for NomadExecutor<C> {
         }
         // Runner states from a fresh allocation list, not from the tracker: the tracker may be
         // behind (a restarted server seeds it while allocations are still being placed, and a
-        // seeded allocation that is already running is never reported "up" again).
+        // seeded allocation that is already running is never reported "up" again). A job that
+        // will not run by itself is listed `Failed` (`tracker::not_running_status`), so that a
+        // manager that missed the events saying so purges it rather than waiting for it.
         let query = AllocationQuery {
             resources: true,
             omit_task_states: true,
@@ -784,28 +786,37 @@ impl<C: Connector> Executor for NomadExecutor<C> {
                 .or_default()
                 .push(allocation.clone());
         }
-        let status_of = |runner: RunnerId| {
+        let mut listed = Vec::with_capacity(runners.len());
+        for runner in runners {
             let job = runner.to_string();
-            by_job
-                .get(job.as_str())
-                .and_then(|allocations| choose_allocation(allocations))
-                .map_or(InventoryStatus::Pending, |running| {
-                    InventoryStatus::Running(
-                        super::tracker::mapped_ports(running).unwrap_or_default(),
-                    )
-                })
-        };
-        let runners: Vec<InventoryRunner> = runners
-            .into_iter()
-            .map(|runner| InventoryRunner {
+            let allocations = by_job.get(job.as_str()).map_or(&[][..], Vec::as_slice);
+            let status = match choose_allocation(allocations) {
+                Some(running) => InventoryStatus::Running(
+                    super::tracker::mapped_ports(running).unwrap_or_default(),
+                ),
+                // Not placed: whether it still may be or could not be, only its evaluations
+                // say. One call per such job, and only for those (a pool starting, a cluster
+                // full); a pool that runs costs none.
+                None if allocations.is_empty() => {
+                    let evaluations = self
+                        .client
+                        .job_evaluations(&job)
+                        .await
+                        .map_err(nomad_error)?;
+                    super::tracker::not_running_status(&[], &evaluations.value)
+                }
+                None => super::tracker::not_running_status(allocations, &[]),
+            };
+            listed.push(InventoryRunner {
                 id: runner,
-                status: status_of(runner),
+                status,
                 mark: ledgers
                     .get(&runner.environment())
                     .and_then(|ledger| ledger.get(&runner.uuid()).copied())
                     .unwrap_or_default(),
-            })
-            .collect();
+            });
+        }
+        let runners = listed;
         // The simulation's canary (`sim/tests/canary.rs`): a recovery that forgets the claim
         // ledger, so a restarted Trident hands out runners that clients still hold.
         #[cfg(feature = "sim-canary")]

@@ -95,8 +95,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use trident_core::{DownCause, InventoryStatus, MappedPort, RunnerId};
 
 use super::model::{
-    Allocation, ClientStatus, DesiredStatus, Event, EventType, Frame, PortMapping, RUNNER_TASK,
-    TaskEvent, Topic,
+    Allocation, ClientStatus, DesiredStatus, Evaluation, EvaluationStatus, Event, EventType, Frame,
+    PortMapping, RUNNER_TASK, TaskEvent, Topic,
 };
 use crate::Observation;
 
@@ -759,6 +759,61 @@ impl AllocationTracker {
     }
 }
 
+/// How an inventory lists a runner job none of whose allocations runs (a running one is listed
+/// `Running` with its ports by the caller), from all its allocations and, for a job that has
+/// none, its evaluations (`GET /v1/job/:id/evaluations`):
+///
+/// - an allocation that is not terminal (placed, starting, restarting, being replaced): `Pending`;
+/// - every allocation terminal, the newest naming no replacement: `Failed`, the inventory's word
+///   for what the tracker reports as `Down(FailedToStart)` or `Down(Lost)` when it sees the
+///   allocation end (a job whose replacement is only scheduled, Nomad's delayed reschedule, is
+///   `Failed` as well: the tracker does not wait for such a replacement either);
+/// - no allocation, and the newest evaluation blocked or ended without placing it (§4, the
+///   judgement of [`super::evaluations::judge`]): `Failed`, as a registration waiting for that
+///   evaluation would have failed. A Trident that died between registering a runner and hearing
+///   its evaluation left such a job (the simulation's seeds 51 and 128), and the next one waited
+///   for it until the start timeout;
+/// - no allocation, and no evaluation, a pending one, or one that placed it after the allocation
+///   list was read: `Pending`.
+///
+/// Pure: the caller reads the lists.
+pub fn not_running_status(
+    allocations: &[Allocation],
+    evaluations: &[Evaluation],
+) -> InventoryStatus {
+    if allocations
+        .iter()
+        .any(|allocation| !allocation.client_status.is_terminal())
+    {
+        return InventoryStatus::Pending;
+    }
+    if let Some(newest) = allocations
+        .iter()
+        .max_by_key(|allocation| (allocation.create_index, allocation.modify_index))
+    {
+        return match newest.next_allocation {
+            // Its replacement was placed after the list was read.
+            Some(_) => InventoryStatus::Pending,
+            None => InventoryStatus::Failed,
+        };
+    }
+    let newest = evaluations
+        .iter()
+        .max_by_key(|evaluation| (evaluation.create_index, evaluation.modify_index));
+    match newest {
+        Some(evaluation) if evaluation.status == EvaluationStatus::Blocked => {
+            InventoryStatus::Failed
+        }
+        Some(evaluation)
+            if evaluation.status.is_terminal()
+                && super::evaluations::judge(evaluation).is_err() =>
+        {
+            InventoryStatus::Failed
+        }
+        _ => InventoryStatus::Pending,
+    }
+}
+
 /// The runner a job id names, or why it names none.
 fn runner_of(job_id: &str) -> Result<RunnerId, Ignored> {
     job_id
@@ -904,6 +959,120 @@ mod tests {
         assert_eq!(runner_of("some-other-job"), Err(Ignored::ForeignJob));
         assert_eq!(runner_of(""), Err(Ignored::ForeignJob));
         assert!(runner_of("12-0b7e41f2-8c3d-11ef-9d2a-0242ac120002").is_ok());
+    }
+
+    fn allocation(id: &str, client: ClientStatus, create_index: u64) -> Allocation {
+        Allocation {
+            id: id.into(),
+            job_id: "1-0b7e41f2-8c3d-11ef-9d2a-0242ac120002".into(),
+            client_status: client,
+            desired_status: DesiredStatus::Run,
+            create_index,
+            modify_index: create_index,
+            ..Allocation::default()
+        }
+    }
+
+    fn evaluation(status: EvaluationStatus, create_index: u64) -> Evaluation {
+        Evaluation {
+            id: format!("e{create_index}"),
+            status,
+            create_index,
+            modify_index: create_index,
+            ..Evaluation::default()
+        }
+    }
+
+    #[test]
+    fn a_job_with_a_live_allocation_is_pending() {
+        for client in [ClientStatus::Pending, ClientStatus::Running] {
+            let allocations = [
+                allocation("a1", ClientStatus::Failed, 10),
+                allocation("a2", client, 12),
+            ];
+            assert_eq!(
+                not_running_status(&allocations, &[]),
+                InventoryStatus::Pending
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_whose_allocations_all_ended_without_a_replacement_failed() {
+        for client in [
+            ClientStatus::Failed,
+            ClientStatus::Lost,
+            ClientStatus::Complete,
+        ] {
+            let allocations = [
+                allocation("a2", client, 12),
+                allocation("a1", ClientStatus::Lost, 10),
+            ];
+            assert_eq!(
+                not_running_status(&allocations, &[]),
+                InventoryStatus::Failed
+            );
+        }
+        // The newest names its replacement, which the list missed: it is coming.
+        let mut replaced = allocation("a2", ClientStatus::Lost, 12);
+        replaced.next_allocation = Some("a3".into());
+        assert_eq!(
+            not_running_status(&[allocation("a1", ClientStatus::Failed, 10), replaced], &[]),
+            InventoryStatus::Pending
+        );
+    }
+
+    #[test]
+    fn a_job_without_allocations_failed_when_its_placement_did() {
+        // `reference/nomad-api.md` §6.6, placement impossible: the registration's evaluation
+        // completes with `FailedTGAllocs` and a blocked evaluation follows it.
+        let mut placement = evaluation(EvaluationStatus::Complete, 994);
+        placement.failed_task_group_allocations.insert(
+            "default-group".into(),
+            serde_json::json!({"NodesExhausted": 1}),
+        );
+        placement.blocked_eval = Some("e999".into());
+        placement.modify_index = 999;
+        let blocked = evaluation(EvaluationStatus::Blocked, 999);
+        assert_eq!(
+            not_running_status(&[], &[placement.clone(), blocked.clone()]),
+            InventoryStatus::Failed
+        );
+        assert_eq!(not_running_status(&[], &[blocked]), InventoryStatus::Failed);
+        assert_eq!(
+            not_running_status(&[], &[placement]),
+            InventoryStatus::Failed
+        );
+        for ended in [EvaluationStatus::Failed, EvaluationStatus::Canceled] {
+            assert_eq!(
+                not_running_status(&[], &[evaluation(ended, 5)]),
+                InventoryStatus::Failed
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_without_allocations_is_pending_while_its_placement_may_still_come() {
+        assert_eq!(not_running_status(&[], &[]), InventoryStatus::Pending);
+        assert_eq!(
+            not_running_status(&[], &[evaluation(EvaluationStatus::Pending, 5)]),
+            InventoryStatus::Pending
+        );
+        // Placed after the allocation list was read.
+        assert_eq!(
+            not_running_status(&[], &[evaluation(EvaluationStatus::Complete, 5)]),
+            InventoryStatus::Pending
+        );
+        // A blocked evaluation that was run again and placed it: the newest decides.
+        let mut failed = evaluation(EvaluationStatus::Complete, 5);
+        failed
+            .failed_task_group_allocations
+            .insert("default-group".into(), serde_json::json!({}));
+        let unblocked = evaluation(EvaluationStatus::Complete, 7);
+        assert_eq!(
+            not_running_status(&[], &[unblocked, failed]),
+            InventoryStatus::Pending
+        );
     }
 
     #[test]

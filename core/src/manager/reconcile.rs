@@ -17,7 +17,8 @@ use super::{
 };
 use crate::ids::{Lease, RunnerId};
 use crate::io::{
-    ClaimMark, Effect, Inventory, InventoryRunner, InventoryStatus, LeaseEndCause, RunnerMark,
+    ClaimMark, DownCause, Effect, Inventory, InventoryRunner, InventoryStatus, LeaseEndCause,
+    RunnerMark,
 };
 use crate::time::Timestamp;
 
@@ -60,7 +61,7 @@ impl Manager {
         }
         for listed_runner in inventory.runners {
             if self.runners.contains_key(&listed_runner.id) {
-                self.reconcile_known(listed_runner);
+                self.reconcile_known(now, listed_runner);
             } else {
                 self.reconcile_unknown(now, as_of, listed_runner, &mut held_leases);
             }
@@ -147,7 +148,7 @@ impl Manager {
         }
     }
 
-    fn reconcile_known(&mut self, listed: InventoryRunner) {
+    fn reconcile_known(&mut self, now: Timestamp, listed: InventoryRunner) {
         let id = listed.id;
         let Some(runner) = self.runners.get(&id) else {
             return;
@@ -168,6 +169,15 @@ impl Manager {
                 });
             }
             (RunnerState::Starting { .. }, InventoryStatus::Pending) => {}
+            // The events that said so were missed; what follows is what they would have done
+            // (`Manager::runner_down`): purge it, and back off as after any failed start.
+            (RunnerState::Starting { .. }, InventoryStatus::Failed) => {
+                self.begin_stop(id, LeaseEndCause::Backend(DownCause::FailedToStart));
+                self.record_start_failure(now, id.environment());
+            }
+            (RunnerState::Idle { .. } | RunnerState::Claimed(_), InventoryStatus::Failed) => {
+                self.begin_stop(id, LeaseEndCause::Backend(DownCause::Lost));
+            }
             (RunnerState::Idle { .. }, status) => {
                 if listed.mark != RunnerMark::Idle {
                     self.effects.push_back(Effect::MarkRunner {
@@ -285,6 +295,24 @@ impl Manager {
                 self.effects.push_back(Effect::StopRunner { runner: id });
                 return;
             }
+            (InventoryStatus::Failed, Some(_)) => {
+                // Claimed and never to run again: stopped, as a claimed runner that went down.
+                self.unknown_ups.remove(&id);
+                self.adopt(id, generation, now, stopping());
+                self.effects.push_back(Effect::StopRunner { runner: id });
+                return;
+            }
+            (InventoryStatus::Failed, None) => match self.unknown_ups.remove(&id) {
+                // Reported up after this snapshot was taken (placed once the cluster had room):
+                // the report is newer.
+                Some((reported_at, ports)) if reported_at >= as_of => RunnerState::Idle { ports },
+                // A start an earlier manager made that failed unseen: purge what is left.
+                _ => {
+                    self.adopt(id, generation, now, stopping());
+                    self.effects.push_back(Effect::StopRunner { runner: id });
+                    return;
+                }
+            },
             (InventoryStatus::Pending, None) => {
                 match self.unknown_ups.remove(&id) {
                     // The backend reported it up after this snapshot was taken: it is up.

@@ -1223,3 +1223,140 @@ fn an_up_reported_after_the_snapshot_wins_over_a_pending_listing() {
         RunnerState::Starting { .. }
     ));
 }
+
+#[test]
+fn a_recovered_runner_whose_start_failed_unseen_is_purged_not_waited_for() {
+    // Seeds 51 and 128 of the simulation: a Trident registered a runner and died before its
+    // evaluation failed to place it. The next one found the job listed, adopted it as starting
+    // and waited out the start timeout (600 s) before starting another.
+    let mut fixture = Fixture::new();
+    let unplaced = RunnerId::new(ENV, Uuid(1));
+    let claimed_then_failed = RunnerId::new(ENV, Uuid(2));
+    let mark = ClaimMark {
+        lease: Lease(7),
+        inactivity_timeout: None,
+    };
+    fixture.manager.reconcile(
+        fixture.now,
+        Inventory {
+            as_of: fixture.now,
+            environments: vec![(ENV, spec(1))],
+            runners: vec![
+                listed(unplaced, InventoryStatus::Failed, None),
+                listed(claimed_then_failed, InventoryStatus::Failed, Some(mark)),
+            ],
+        },
+    );
+    let effects = fixture.drain();
+    assert_eq!(stops(&effects), vec![unplaced, claimed_then_failed]);
+    assert_eq!(starts(&effects).len(), 1, "the pool starts afresh at once");
+    assert!(
+        fixture
+            .manager
+            .claimed_runner(claimed_then_failed)
+            .is_none()
+    );
+    // Not this manager's start: no back-off for it.
+    assert_eq!(fixture.manager.environments[&ENV].failures, 0);
+}
+
+#[test]
+fn a_failed_listing_of_a_runner_reported_up_after_the_snapshot_keeps_it() {
+    let mut fixture = Fixture::new();
+    let started = fixture.environment(2);
+    fixture.up(&started[..1]);
+    let placed_late = RunnerId::new(ENV, Uuid(9));
+    let as_of = fixture.now;
+    fixture.advance(Duration::from_secs(1));
+    fixture
+        .manager
+        .runner_up(fixture.now, placed_late, ports(80));
+    fixture.drain();
+    fixture.manager.reconcile(
+        fixture.now,
+        Inventory {
+            as_of,
+            environments: vec![(ENV, spec(2))],
+            runners: vec![listed(placed_late, InventoryStatus::Failed, None)],
+        },
+    );
+    assert!(
+        matches!(
+            fixture.manager.runners[&placed_late].state,
+            RunnerState::Idle { .. }
+        ),
+        "the newer report says it is up"
+    );
+    assert!(!stops(&fixture.drain()).contains(&placed_late));
+}
+
+#[test]
+fn a_known_starting_runner_listed_as_failed_is_a_failed_start() {
+    let mut fixture = Fixture::new();
+    let started = fixture.environment(1);
+    fixture.manager.reconcile(
+        fixture.now,
+        Inventory {
+            as_of: fixture.now,
+            environments: vec![(ENV, spec(1))],
+            runners: vec![listed(started[0], InventoryStatus::Failed, None)],
+        },
+    );
+    let effects = fixture.drain();
+    assert_eq!(
+        stops(&effects),
+        started,
+        "purged at once, not at the start timeout"
+    );
+    assert!(starts(&effects).is_empty(), "backing off");
+    assert_eq!(fixture.manager.environments[&ENV].failures, 1);
+    fixture.manager.stop_finished(fixture.now, started[0], true);
+    fixture.advance(Duration::from_secs(1));
+    assert_eq!(
+        starts(&fixture.drain()).len(),
+        1,
+        "started again after the back-off"
+    );
+}
+
+#[test]
+fn known_idle_and_claimed_runners_listed_as_failed_are_lost() {
+    let mut fixture = Fixture::new();
+    let idle = fixture.ready_pool(2);
+    let claimed = fixture.claim(None);
+    let other = *idle
+        .iter()
+        .find(|runner| **runner != claimed.runner)
+        .expect("two runners");
+    fixture.drain();
+    fixture.manager.reconcile(
+        fixture.now,
+        Inventory {
+            as_of: fixture.now,
+            environments: vec![(ENV, spec(2))],
+            runners: vec![
+                listed(other, InventoryStatus::Failed, None),
+                listed(
+                    claimed.runner,
+                    InventoryStatus::Failed,
+                    Some(ClaimMark {
+                        lease: claimed.lease,
+                        inactivity_timeout: None,
+                    }),
+                ),
+            ],
+        },
+    );
+    let mut stopped = stops(&fixture.drain());
+    stopped.sort();
+    let mut expected = vec![other, claimed.runner];
+    expected.sort();
+    assert_eq!(stopped, expected);
+    assert!(fixture.manager.claimed_runner(claimed.runner).is_none());
+    assert!(fixture.events.iter().any(|event| matches!(
+        event,
+        Event::LeaseEnded { runner, cause: LeaseEndCause::Backend(DownCause::Lost), .. }
+            if *runner == claimed.runner
+    )));
+    assert_eq!(fixture.manager.environments[&ENV].failures, 0);
+}

@@ -67,6 +67,7 @@ pub(super) fn router(nomad: FakeNomad) -> Router {
         .route("/v1/jobs", get(list_jobs).put(register).post(register))
         .route("/v1/job/{id}", get(read_job).delete(deregister))
         .route("/v1/job/{id}/allocations", get(job_allocations))
+        .route("/v1/job/{id}/evaluations", get(job_evaluations))
         .route("/v1/allocations", get(list_allocations))
         .route("/v1/allocation/{id}", get(read_allocation))
         .route("/v1/evaluation/{id}", get(read_evaluation))
@@ -129,6 +130,7 @@ fn route_of(method: &str, path: &str) -> String {
         ["v1", "jobs"] => "/v1/jobs",
         ["v1", "job", _] => "/v1/job/:id",
         ["v1", "job", _, "allocations"] => "/v1/job/:id/allocations",
+        ["v1", "job", _, "evaluations"] => "/v1/job/:id/evaluations",
         ["v1", "allocations"] => "/v1/allocations",
         ["v1", "allocation", _] => "/v1/allocation/:id",
         ["v1", "evaluation", _] => "/v1/evaluation/:id",
@@ -210,6 +212,15 @@ async fn job_allocations(
             .lock()
             .job_allocations(&namespace(&params), &id, flag(&params, "all"));
     json(&allocs, index)
+}
+
+async fn job_evaluations(
+    State(nomad): State<FakeNomad>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> Response {
+    let (evals, index) = nomad.lock().job_evaluations(&namespace(&params), &id);
+    json(&evals, index)
 }
 
 async fn list_allocations(State(nomad): State<FakeNomad>, Query(params): Params) -> Response {

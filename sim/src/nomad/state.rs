@@ -1180,6 +1180,19 @@ impl State {
         (Value::Array(stubs), self.allocs_index)
     }
 
+    /// `GET /v1/job/:id/evaluations` (§3.6): the job's evaluations, `[]` for an unknown job.
+    /// Evaluations are never garbage-collected here, so a purged job's stay listed (as in
+    /// Nomad until its GC).
+    pub(crate) fn job_evaluations(&self, namespace: &str, id: &str) -> (Value, u64) {
+        let evals: Vec<Value> = self
+            .evals
+            .values()
+            .filter(|eval| eval.namespace == namespace && eval.job_id == id)
+            .map(Eval::to_json)
+            .collect();
+        (Value::Array(evals), self.index)
+    }
+
     /// `GET /v1/allocations` (§5.1).
     pub(crate) fn list_allocations(
         &self,
