@@ -722,3 +722,62 @@ async fn a_hidden_file_cannot_be_read_inside_the_sandbox() {
     sb.destroy().await.expect("destroy");
     host.remove_cgroup_parent();
 }
+
+/// Stage 1 reports `Pid1` and the sandbox's pid 1 reports `Ready`, two processes on one control
+/// socket. On a busy host pid 1 may be done before stage 1 is scheduled again after its fork;
+/// `Ready` then came first and the start failed ("unexpected message Ready"). Here a hook of
+/// debug builds holds stage 1 back for `DELAY` before it reports, far longer than pid 1 takes to
+/// build the sandbox, so the race is certain, and every start still succeeds.
+#[cfg(debug_assertions)]
+#[tokio::test]
+async fn a_sandbox_starts_when_pid_1_is_ready_before_stage_1_reports_it() {
+    use std::os::unix::fs::PermissionsExt;
+    const DELAY: Duration = Duration::from_millis(600);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    // The server starts the init with an empty environment: a wrapper sets the hook's variable.
+    let wrapper = dir.path().join("slow-stage-1");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nTRIDENT_TEST_DELAY_PID1_REPORT_MS={} exec '{}' \"$@\"\n",
+            DELAY.as_millis(),
+            init_program().display()
+        ),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("make the wrapper executable");
+    // A child that another test forks while the file was open for writing holds a copy of that
+    // descriptor until it execs; running the file meanwhile fails with ETXTBSY.
+    for _ in 0..100 {
+        match std::process::Command::new(&wrapper)
+            .arg("--trident-sandbox-probe")
+            .output()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => break,
+        }
+    }
+    let mut config = HostConfig::new(dir.path().join("state"), wrapper);
+    config.cgroup_parent = cgroup_parent();
+    let host = SandboxHost::new(config).await.expect("a host");
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let sb = host
+            .create(SandboxSpec::new(format!("slow-report-{attempt}")))
+            .await
+            .expect("the sandbox starts although pid 1 was ready first");
+        assert!(
+            started.elapsed() >= DELAY,
+            "the hook held stage 1 back (the start took {:?})",
+            started.elapsed()
+        );
+        let out = sh(&sb, "echo -n up").await;
+        assert_eq!(text(&out.stdout), "up", "{out:?}");
+        assert_eq!(out.status.code(), 0, "{out:?}");
+        sb.destroy().await.expect("destroy");
+    }
+    host.remove_cgroup_parent();
+}

@@ -32,6 +32,11 @@
 //!    exited), and exits, which makes the kernel kill every process in the namespace. Its parent
 //!    death signal is SIGKILL, tied to stage 1.
 //!
+//! Both report on the control socket, stage 1 `Pid1` (pid 1's pid on the host), pid 1 `Ready` or
+//! its failure, and the server reads them in that order. Pid 1 sends nothing before stage 1 has
+//! written a byte to a pipe between them, after its `Pid1` was sent: the order holds by
+//! construction, however the host schedules the two processes.
+//!
 //! Stage 1 stays as pid 1's parent and waits for it: the server holds stage 1 as a child
 //! process (killed on drop) and pid 1 by pidfd. Stage 1 itself has no parent death signal because
 //! that signal follows the *thread* that forked it, and tokio may fork from a blocking-pool
@@ -45,6 +50,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
@@ -189,14 +195,25 @@ fn stage1(ctl: &OwnedFd) -> Result<i32, Failure> {
     unshare(flags)
         .stage(|| "create the mount, pid, ipc, uts, cgroup and network namespaces".into())?;
 
+    // Stage 1 and pid 1 share the control socket, and the server expects `Pid1` (from stage 1)
+    // before anything pid 1 says. Nothing orders two processes' sends by itself: on a busy host
+    // pid 1 can build the sandbox and report `Ready` before stage 1 is scheduled again. So pid 1
+    // holds its first message until stage 1 says, through this pipe, that `Pid1` is sent.
+    let (pid1_reported_read, pid1_reported_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .stage(|| "create the pipe that orders the reports".into())?;
     // SAFETY: stage 1 is single-threaded (a fresh `execve` that started no thread), so the child
     // may run arbitrary code.
     match unsafe { nix::unistd::fork() }.stage(|| "fork the sandbox's pid 1".into())? {
         ForkResult::Child => {
-            let code = pid1_main(&setup, ctl);
+            // Only stage 1 may hold the write end: its exit must read as end-of-file here.
+            drop(pid1_reported_write);
+            let code = pid1_main(&setup, ctl, pid1_reported_read);
             std::process::exit(code);
         }
         ForkResult::Parent { child } => {
+            drop(pid1_reported_read);
+            #[cfg(debug_assertions)]
+            delay_pid1_report_for_tests();
             protocol::send(
                 ctl.as_fd(),
                 &FromInit::Pid1 {
@@ -205,6 +222,10 @@ fn stage1(ctl: &OwnedFd) -> Result<i32, Failure> {
                 &[],
             )
             .stage(|| "report pid 1".into())?;
+            // `send` returned, so `Pid1` is in the server's queue: pid 1's reports go after it.
+            // Should this write fail, pid 1 sees end-of-file when stage 1 exits.
+            nix::unistd::write(&pid1_reported_write, &[1]).stage(|| "let pid 1 report".into())?;
+            drop(pid1_reported_write);
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code),
@@ -223,20 +244,69 @@ fn write_proc_self(file: &str, content: &str) -> Result<(), Failure> {
     fs::write(format!("/proc/self/{file}"), content).stage(|| format!("write /proc/self/{file}"))
 }
 
-fn pid1_main(setup: &Setup, ctl: &OwnedFd) -> i32 {
+/// `TRIDENT_TEST_DELAY_PID1_REPORT_MS`, read by stage 1 of debug builds only: how long to wait
+/// before reporting pid 1, so that a test can make pid 1 finish first, as a busy host may. The
+/// server starts the init with an empty environment, so only a wrapper of the init program
+/// (what the test does) can set it.
+#[cfg(debug_assertions)]
+fn delay_pid1_report_for_tests() {
+    let delay_ms = std::env::var("TRIDENT_TEST_DELAY_PID1_REPORT_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok());
+    if let Some(delay_ms) = delay_ms {
+        // Bounded below the server's default start timeout (10 s).
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms.min(5_000)));
+    }
+}
+
+/// How long pid 1 waits for stage 1 to report it. A backstop: stage 1 reports right after the
+/// fork, and the server gives up on the start after its own create timeout (10 s by default).
+const PID1_REPORTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until stage 1 has sent `Pid1` (one byte on `reported`). An error means stage 1 failed
+/// or exited first, and reported that itself.
+fn wait_for_pid1_report(reported: OwnedFd) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + PID1_REPORTED_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "stage 1 did not report pid 1 within {PID1_REPORTED_TIMEOUT:?}"
+            ));
+        }
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(reported.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot wait for stage 1: {e}")),
+        }
+        let mut byte = [0u8; 1];
+        return match nix::unistd::read(&reported, &mut byte) {
+            Ok(1) => Ok(()),
+            Ok(_) => Err("stage 1 exited without reporting pid 1".into()),
+            Err(e) => Err(format!("cannot hear from stage 1: {e}")),
+        };
+    }
+}
+
+fn pid1_main(setup: &Setup, ctl: &OwnedFd, pid1_reported: OwnedFd) -> i32 {
     // If stage 1 is killed between the fork and this call, no signal comes; pid 1 then still
     // ends when the server closes the control socket (or kills it by pidfd on destroy). A
     // `getppid()` check cannot tell: the parent is outside our pid namespace, so it reads 0.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        let failure = Failure {
+    let built = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| Failure {
             stage: "set the parent death signal".into(),
             errno: Some(e as i32),
             message: e.desc().into(),
-        };
-        let _ = protocol::send(ctl.as_fd(), &failure.report(), &[]);
+        })
+        .and_then(|()| build_sandbox(setup));
+    // Whatever pid 1 reports, `Ready` or a failure, goes after stage 1's `Pid1`.
+    if let Err(why) = wait_for_pid1_report(pid1_reported) {
+        eprintln!("trident-sandbox-init: {why}");
         return 1;
     }
-    if let Err(failure) = build_sandbox(setup) {
+    if let Err(failure) = built {
         let _ = protocol::send(ctl.as_fd(), &failure.report(), &[]);
         return 1;
     }

@@ -327,6 +327,8 @@ impl SandboxHost {
             .await
             .map_err(|e| SandboxError::io("send the go-ahead to the init", e))?;
 
+        // Stage 1's `Pid1` always comes before pid 1's first message: pid 1 waits for stage 1
+        // to have sent it (see `init`'s "Processes").
         let host_pid = expect(control, |m| match m {
             FromInit::Pid1 { host_pid } => Some(*host_pid),
             _ => None,
