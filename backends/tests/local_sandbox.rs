@@ -781,3 +781,50 @@ async fn a_sandbox_starts_when_pid_1_is_ready_before_stage_1_reports_it() {
     }
     host.remove_cgroup_parent();
 }
+
+/// A command that reads no input exits while input is still queued for its terminal. No
+/// process holds the terminal any more (it is hung up) and it is full: the execution's I/O task
+/// must give the input up and report the exit, not retry the write for good. It did retry: the
+/// hang-up leaves the terminal "writable" for tokio while every write fails with `EAGAIN`, and
+/// the task spun on one worker thread without ever yielding, which stopped the server's timers.
+#[test]
+fn input_queued_for_a_hung_up_terminal_does_not_hold_up_the_exit() {
+    // A runtime of its own on a thread of its own: a spinning task holds a runtime thread for
+    // good, and this test must end all the same.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let status = runtime.block_on(async {
+            let f = fixture().await;
+            let sb = f.plain("hung-up").await;
+            let mut execution = sb
+                .exec(ExecSpec::shell("sleep 1"))
+                .await
+                .expect("the command starts");
+            let stdin = execution.stdin();
+            let line = Bytes::from(format!("{}\n", "x".repeat(1023)));
+            // 1 MiB: far more than the terminal and the input queue take.
+            let feeder = tokio::spawn(async move {
+                for _ in 0..1024 {
+                    if stdin.send(line.clone()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let collected = execution.collect().await.expect("the sandbox stays up");
+            feeder.abort();
+            drop(execution);
+            sb.destroy().await.expect("destroy");
+            collected.status
+        });
+        let _ = done_tx.send(status);
+    });
+    let status = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the exit is reported although input was still queued");
+    assert_eq!(status.code(), 0, "{status:?}");
+}

@@ -305,6 +305,7 @@ impl Drop for Execution {
 async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     loop {
         let mut guard = fd.readable().await?;
+        let closed = guard.ready().is_read_closed() || guard.ready().is_error();
         match guard
             .try_io(|inner| nix::unistd::read(inner.get_ref(), buf).map_err(std::io::Error::from))
         {
@@ -313,21 +314,36 @@ async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<Opt
             Ok(Err(e)) if e.raw_os_error() == Some(Errno::EIO as i32) => return Ok(None),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(Err(e)) => return Err(e),
+            // See `write_some`: a closed fd stays ready, so waiting again would spin.
+            Err(_would_block) if closed => return Ok(None),
             Err(_would_block) => continue,
         }
     }
 }
 
 /// Writes some of `bytes` to a non-blocking fd; returns how many were taken.
+///
+/// A pty master whose slave every process has closed (the command and everything it started
+/// exited) reports a hang-up, which tokio keeps as "write closed": `writable()` is ready at once
+/// for good, while a full terminal still refuses the bytes with `EAGAIN`. Retrying would spin on
+/// one worker thread without ever yielding (the hostile suite caught a server whose timers
+/// stopped), so that is the end of input: an error.
 async fn write_some(fd: &AsyncFd<OwnedFd>, bytes: &[u8]) -> std::io::Result<usize> {
     loop {
         let mut guard = fd.writable().await?;
+        let closed = guard.ready().is_write_closed() || guard.ready().is_error();
         match guard.try_io(|inner| {
             nix::unistd::write(inner.get_ref(), bytes).map_err(std::io::Error::from)
         }) {
             Ok(Ok(n)) => return Ok(n),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Ok(Err(e)) => return Err(e),
+            Err(_would_block) if closed => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the terminal was hung up with its input full",
+                ));
+            }
             Err(_would_block) => continue,
         }
     }
