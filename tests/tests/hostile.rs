@@ -1664,6 +1664,155 @@ async fn an_output_flood_waits_for_a_stalled_reader_and_holds_no_memory() {
     assert_healthy(&server).await;
 }
 
+/// A client's stdin flood: a message of [`LATE_FLOOD_MESSAGE_BYTES`] (lines of 1 KiB) every
+/// [`LATE_FLOOD_INTERVAL`], at most [`LATE_FLOOD_MESSAGES`] (6.25 MiB in 4 s or more): it
+/// outruns a command that reads no input and goes on past the end of the execution, at a pace
+/// the server drops well within its bounds after the end (16 MiB, the 5 s it waits for the
+/// client's close frame).
+const LATE_FLOOD_MESSAGES: usize = 400;
+const LATE_FLOOD_MESSAGE_BYTES: usize = 16 * 1024;
+const LATE_FLOOD_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What a client that floods stdin while it reads late hears at the end.
+#[derive(Debug)]
+struct LateReader {
+    /// The JSON messages other than output, in order.
+    controls: Vec<Value>,
+    /// The close code, if a close frame came.
+    close: Option<u16>,
+    /// The read error that ended the connection instead of a close frame, if one did.
+    error: Option<String>,
+}
+
+/// How long a late reader waits before each message it reads.
+const LATE_READ_PAUSE: Duration = Duration::from_millis(1);
+
+/// Runs `body` over a WebSocket whose client floods stdin from the start, reads nothing for
+/// `stall`, and then reads a message a millisecond: the command's output waits in the sockets'
+/// buffers, and the final message behind it, when the execution ends. A server that closes the
+/// connection then, with stdin unread, resets it, and the reset throws away what the server had
+/// not sent yet: the client reads output up to the reset and never the final message.
+async fn flood_stdin_and_read_late(
+    server: &Server,
+    runner: &str,
+    body: Value,
+    stall: Duration,
+) -> LateReader {
+    let url = server.execute_url(runner, body).await;
+    let (socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connects");
+    let (mut sink, mut stream) = socket.split();
+    let flood = tokio::spawn(async move {
+        let line = format!("{}\n", "x".repeat(1023));
+        let chunk = line.repeat(LATE_FLOOD_MESSAGE_BYTES / line.len());
+        for _ in 0..LATE_FLOOD_MESSAGES {
+            // Refused once the server's close frame came, or the connection is gone.
+            if sink
+                .send(Message::Text(chunk.clone().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(LATE_FLOOD_INTERVAL).await;
+        }
+    });
+    tokio::time::sleep(stall).await;
+    let mut reader = LateReader {
+        controls: Vec::new(),
+        close: None,
+        error: None,
+    };
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(&text).expect("JSON");
+                    if !matches!(value["type"].as_str(), Some("stdout" | "stderr")) {
+                        reader.controls.push(value);
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    reader.close = frame.map(|frame| u16::from(frame.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    reader.error = Some(error.to_string());
+                    break;
+                }
+            }
+            tokio::time::sleep(LATE_READ_PAUSE).await;
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the execution ended within 60 s: {reader:?}");
+    // The flood ends when the server stops taking input (at the latest when it closes).
+    let flooded = tokio::time::timeout(Duration::from_secs(30), flood).await;
+    assert!(flooded.is_ok(), "the flood ended within 30 s of the close");
+    reader
+}
+
+/// How many times each ending is tried: the server without the drain lost the final message on
+/// the first try nearly always.
+const LATE_READER_ROUNDS: usize = 3;
+
+#[tokio::test]
+async fn a_client_flooding_stdin_gets_the_output_limit_error_before_the_close() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (server, runner) = server_with_runner(&["--max-output-bytes", "1000000"], 128).await;
+    for round in 0..LATE_READER_ROUNDS {
+        let reader = flood_stdin_and_read_late(
+            &server,
+            &runner,
+            json!({"command": "yes flood"}),
+            Duration::from_millis(200),
+        )
+        .await;
+        let expected = json!([
+            {"type": "start"},
+            {"type": "error", "data": "the output exceeded the limit of 1000000 bytes; the command was killed"}
+        ]);
+        assert_eq!(
+            Value::Array(reader.controls.clone()),
+            expected,
+            "round {round}: {reader:?}"
+        );
+        assert_eq!(reader.close, Some(1000), "round {round}: {reader:?}");
+        assert_eq!(reader.error, None, "round {round}");
+    }
+    assert_healthy(&server).await;
+}
+
+#[tokio::test]
+async fn a_client_flooding_stdin_gets_the_timeout_before_the_close() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (server, runner) = server_with_runner(&[], 128).await;
+    for round in 0..LATE_READER_ROUNDS {
+        // `cat` takes the flood (`<&0`: a background job's input is /dev/null otherwise), so
+        // that the interrupt usually finds room in the terminal's input and the command ends at
+        // once: the server then closes while the client still reads the output ahead of the
+        // final message.
+        let reader = flood_stdin_and_read_late(
+            &server,
+            &runner,
+            json!({"command": "stty -echo; cat <&0 > /dev/null & yes flood", "timeLimit": 1}),
+            Duration::from_millis(200),
+        )
+        .await;
+        let kinds: Vec<&str> = reader
+            .controls
+            .iter()
+            .filter_map(|message| message["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["start", "timeout"], "round {round}: {reader:?}");
+        assert_eq!(reader.close, Some(1000), "round {round}: {reader:?}");
+        assert_eq!(reader.error, None, "round {round}");
+    }
+    assert_healthy(&server).await;
+}
+
 /// The sandbox's `pids.current` (its cgroup's process count), wherever the pids controller is.
 fn sandbox_pids(runner: &str) -> Option<u64> {
     [
@@ -2129,6 +2278,35 @@ mod nomad {
         assert_healthy(&server).await;
     }
 
+    /// The case the hostile suite first met the reset in: `cat` echoes a stdin flood past the
+    /// output limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_flooding_stdin_past_the_output_limit_gets_the_error_before_the_close() {
+        let _alone = ONE_AT_A_TIME.lock().await;
+        let (_nomad, server, runner) = server(&["--max-output-bytes", "1000000"]).await;
+        for round in 0..LATE_READER_ROUNDS {
+            let reader = flood_stdin_and_read_late(
+                &server,
+                &runner,
+                json!({"command": "cat"}),
+                Duration::from_millis(200),
+            )
+            .await;
+            let expected = json!([
+                {"type": "start"},
+                {"type": "error", "data": "the output exceeded the limit of 1000000 bytes; the command was killed"}
+            ]);
+            assert_eq!(
+                Value::Array(reader.controls.clone()),
+                expected,
+                "round {round}: {reader:?}"
+            );
+            assert_eq!(reader.close, Some(1000), "round {round}: {reader:?}");
+            assert_eq!(reader.error, None, "round {round}");
+        }
+        assert_healthy(&server).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stdin_comes_back_whole_and_the_output_and_message_limits_hold() {
         let (_nomad, server, runner) = server(&["--max-output-bytes", "1000000"]).await;
@@ -2162,9 +2340,8 @@ mod nomad {
             flood.kinds()
         );
         // A stdin flood under the output limit comes back whole: 14 messages of 64,000 bytes
-        // (stdin goes to Nomad in frames of 2,048). Stopping the command by the output limit
-        // instead would close the connection while stdin is still arriving, and the reset that
-        // follows may cost the client the final message.
+        // (stdin goes to Nomad in frames of 2,048). One past the limit:
+        // `a_client_flooding_stdin_past_the_output_limit_gets_the_error_before_the_close`.
         let url = server
             .execute_url(&runner, json!({"command": "cat", "timeLimit": 5}))
             .await;

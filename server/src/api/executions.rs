@@ -5,6 +5,19 @@
 //! then exactly one of `exit`, `timeout` or `error`, then a normal close (1000). Client → server:
 //! the bytes of every text frame go to stdin; a binary frame stops the input silently; a close
 //! frame cancels the execution.
+//!
+//! # Closing without a reset
+//!
+//! When an execution ends, the client may still be sending stdin. A TCP connection closed with
+//! received data unread is reset, not closed, and a reset throws away whatever the server had
+//! not sent yet (the final message and the close frame wait behind output the client has not
+//! read) and makes the client's next read fail: the client would never learn how its command
+//! ended. So the reading half outlives the execution: it reads and drops what the client sends
+//! while the final message and the close frame go out, and afterwards until the client's own
+//! close frame arrives (tungstenite answers ours at once), for at most [`CLOSE_DRAIN_TIMEOUT`]
+//! and [`CLOSE_DRAIN_BYTES_MAX`], like `limits::refuse` drains a refused request. A message over
+//! the WebSocket limit (1009) is the exception: tungstenite's stream ends with that error, so
+//! there is nothing left to read through it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +34,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 use trident_backends::{ExecutionEvent, Executor, RunningExecution};
 use trident_core::{DownCause, ExecutionId, Input, LeaseEndCause, RunnerId};
@@ -46,6 +61,13 @@ const STDIN_PIECE_BYTES: usize = 8 * 1024;
 /// arrives in pieces of `STDIN_PIECE_BYTES` anyway, and a larger message still fits: the buffer
 /// grows to hold a whole frame.
 const WEBSOCKET_READ_BUFFER_BYTES: usize = 16 * 1024;
+/// How long the reading half keeps reading after the close frame went out, waiting for the
+/// client's close frame (see the module documentation): as long as a client may take to accept
+/// a message, since it answers our close frame once it has read everything before it.
+const CLOSE_DRAIN_TIMEOUT: Duration = LAST_SEND_TIMEOUT;
+/// Bytes of messages read and dropped after an execution ended; beyond, the connection is
+/// dropped with whatever is still unread (and reset).
+const CLOSE_DRAIN_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Poseidon's error texts; CodeOcean matches the OOM one exactly.
 const OOM_MESSAGE: &str = "the allocation was OOM Killed";
 const STOPPED_MESSAGE: &str = "the allocation stopped as expected";
@@ -153,7 +175,7 @@ pub(super) async fn websocket<E: Executor>(
     Ok(upgrade.on_upgrade(move |socket| {
         let connected = Instant::now();
         async move {
-            let ending = run(Arc::clone(&state), runner, execution, body, socket).await;
+            let (ending, drain) = run(Arc::clone(&state), runner, execution, body, socket).await;
             // Poseidon measured `/websocket` over the whole execution (its handler blocked
             // until the end); so does Trident, from the upgrade request's arrival.
             let ids = RequestIds {
@@ -170,6 +192,10 @@ pub(super) async fn websocket<E: Executor>(
             state
                 .monitor
                 .execution_finished(ending.outcome(), connected.elapsed());
+            // Measured without it: waiting for the client's close frame is not the execution.
+            if let Some(drain) = drain {
+                drain.finish().await;
+            }
         }
         .instrument(span)
     }))
@@ -245,13 +271,15 @@ enum Ending {
     MessageTooBig,
 }
 
+/// Runs one execution over its WebSocket. Returns how it ended and, unless the client's close
+/// frame came already, the reading half still to be drained.
 async fn run<E: Executor>(
     state: Arc<AppState<E>>,
     runner: RunnerId,
     execution: ExecutionId,
     body: ExecuteBody,
     socket: WebSocket,
-) -> Ending {
+) -> (Ending, Option<Drain>) {
     let (mut sink, stream) = socket.split();
     let started = state
         .manager
@@ -259,9 +287,12 @@ async fn run<E: Executor>(
         .await;
     let lease = state.manager.watch_lease(runner).await.ok().flatten();
     let (Ok(trident_core::Reply::Runner(Ok(()))), Some(mut lease)) = (started, lease) else {
-        let _ = send_bounded(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
-        let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, sink.send(close_normal())).await;
-        return Ending::Failed;
+        let refused = async {
+            let _ = send_bounded(&mut sink, &ServerMessage::Error(GENERIC_MESSAGE)).await;
+            let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, sink.send(close_normal())).await;
+        };
+        let drain = while_draining(refused, Some(Drain::new(stream))).await;
+        return (Ending::Failed, drain);
     };
     let _ = send_bounded(&mut sink, &ServerMessage::Start).await;
     // The time limit counts from `start`, as the client sees it: a backend slow to open the
@@ -275,17 +306,24 @@ async fn run<E: Executor>(
     // A command that outlived its limit or the lease is stopped after the client has its final
     // message: stopping may wait (an interrupt's grace, a slow backend), the answer need not.
     let mut to_stop = None;
-    let ending = match opened {
-        None => Ending::TimeLimit,
+    let (ending, stream) = match opened {
+        None => (Ending::TimeLimit, Some(stream)),
         Some(Err(error)) => {
             tracing::warn!(%error, "the execution could not start");
-            Ending::Failed
+            (Ending::Failed, Some(stream))
         }
         Some(Ok(mut process)) => {
-            // The input pump owns the reading half; it ends by itself when the client closes,
-            // and is aborted when the execution ends first.
+            // The input pump holds the reading half while the command runs; it ends by itself
+            // when the client closes, and is stopped when the execution ends first. Either way
+            // it hands the reading half back, to be drained.
             let (closed_tx, mut closed) = oneshot::channel();
-            let pump = tokio::spawn(pump_input(stream, process.stdin(), closed_tx));
+            let stop_input = CancellationToken::new();
+            let pump = AbortOnDropHandle::new(tokio::spawn(pump_input(
+                stream,
+                process.stdin(),
+                closed_tx,
+                stop_input.clone(),
+            )));
             let watch = Watch {
                 deadline,
                 lease: &mut lease,
@@ -299,11 +337,14 @@ async fn run<E: Executor>(
                 state.limits.output_bytes_max,
             )
             .await;
-            pump.abort();
+            stop_input.cancel();
+            // Prompt: every wait of the pump gives way to `stop_input`. A pump that panicked
+            // leaves nothing to drain.
+            let stream = pump.await.ok();
             if !matches!(ending, Ending::Exited(_)) {
                 to_stop = Some(process);
             }
-            ending
+            (ending, stream)
         }
     };
     tracing::info!(?ending, "execution ended");
@@ -328,27 +369,96 @@ async fn run<E: Executor>(
         Ending::OutputLimit(_) => Some(ServerMessage::Error(&output_limit_message)),
         Ending::ClientClosed | Ending::MessageTooBig => None,
     };
-    if let Some(message) = message {
-        let _ = send_bounded(&mut sink, &message).await;
-    }
-    if let Some(mut process) = to_stop {
-        stop(&mut process, &ending).await;
-    }
     let close = match ending {
         Ending::MessageTooBig => close_too_big(state.limits.websocket_message_bytes_max),
         _ => close_normal(),
     };
-    // A client that stopped reading must not hold the execution's task forever.
-    let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, async {
-        let _ = sink.send(close).await;
-        let _ = sink.close().await;
-    })
-    .await;
+    let closing = async {
+        if let Some(message) = message {
+            let _ = send_bounded(&mut sink, &message).await;
+        }
+        if let Some(mut process) = to_stop {
+            stop(&mut process, &ending).await;
+        }
+        // A client that stopped reading must not hold the execution's task forever.
+        let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, async {
+            let _ = sink.send(close).await;
+            let _ = sink.close().await;
+        })
+        .await;
+    };
+    let drain = while_draining(closing, stream.map(Drain::new)).await;
     let _ = state
         .manager
         .apply(Input::ExecutionFinished { runner, execution })
         .await;
-    ending
+    (ending, drain)
+}
+
+/// The reading half of an execution's WebSocket once the execution is over: what the client
+/// still sends is read and dropped, so that closing the connection does not reset it (see the
+/// module documentation).
+struct Drain {
+    stream: futures_util::stream::SplitStream<WebSocket>,
+    /// Bytes of messages dropped so far.
+    dropped_bytes: usize,
+}
+
+impl Drain {
+    fn new(stream: futures_util::stream::SplitStream<WebSocket>) -> Drain {
+        Drain {
+            stream,
+            dropped_bytes: 0,
+        }
+    }
+
+    /// Reads one message and drops it. `false` once there is nothing more to wait for: the
+    /// client's close frame came, the connection ended or failed, or the byte bound is reached.
+    /// Cancel-safe: a message only partly received stays in the stream's buffer.
+    async fn drop_one(&mut self) -> bool {
+        if self.dropped_bytes >= CLOSE_DRAIN_BYTES_MAX {
+            return false;
+        }
+        let bytes = match self.stream.next().await {
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return false,
+            Some(Ok(Message::Text(text))) => text.len(),
+            Some(Ok(Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes))) => {
+                bytes.len()
+            }
+        };
+        self.dropped_bytes = self.dropped_bytes.saturating_add(bytes);
+        true
+    }
+
+    /// Drops what the client sends until [`Drain::drop_one`] has nothing more to wait for, for
+    /// at most [`CLOSE_DRAIN_TIMEOUT`]. Dropping the drain afterwards closes the connection.
+    async fn finish(mut self) {
+        let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, async {
+            while self.drop_one().await {}
+        })
+        .await;
+    }
+}
+
+/// Runs `closing` (the final message, the command's stop, the close frame) while the drain
+/// drops what the client sends meanwhile: a client blocked on sending might otherwise never
+/// read the final message. Returns the drain unless it has nothing more to wait for.
+async fn while_draining(closing: impl Future<Output = ()>, drain: Option<Drain>) -> Option<Drain> {
+    let Some(mut drain) = drain else {
+        closing.await;
+        return None;
+    };
+    let mut closing = std::pin::pin!(closing);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut closing => return Some(drain),
+            more = drain.drop_one() => if !more {
+                closing.await;
+                return None;
+            },
+        }
+    }
 }
 
 /// What ends an execution besides its own exit: the time limit, the end of the lease, the
@@ -470,16 +580,24 @@ async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
 }
 
 /// Forwards the client's text frames to stdin. A binary frame stops forwarding (Poseidon does
-/// the same); a close frame, an error or the end of the stream reports the client gone.
+/// the same); a close frame, an error or the end of the stream reports the client gone. Returns
+/// the reading half when the client is gone or at once when `stop` is cancelled (the execution
+/// ended).
 async fn pump_input(
     mut stream: futures_util::stream::SplitStream<WebSocket>,
     stdin: tokio::sync::mpsc::Sender<bytes::Bytes>,
     closed: oneshot::Sender<ClientGone>,
-) {
+    stop: CancellationToken,
+) -> futures_util::stream::SplitStream<WebSocket> {
     let mut input = ClientInput::default();
     let mut gone = ClientGone::Closed;
     loop {
-        let message = match stream.next().await {
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => return stream,
+            next = stream.next() => next,
+        };
+        let message = match next {
             Some(Ok(message)) => message,
             Some(Err(error)) => {
                 if too_big(error) {
@@ -498,11 +616,14 @@ async fn pump_input(
         match input.on_frame(frame) {
             ClientAction::Stdin(bytes) => {
                 for piece in bytes.chunks(STDIN_PIECE_BYTES) {
-                    if stdin
-                        .send(bytes::Bytes::copy_from_slice(piece))
-                        .await
-                        .is_err()
-                    {
+                    // A full queue (the command reads no input) must not keep the pump from
+                    // stopping.
+                    let sent = tokio::select! {
+                        biased;
+                        () = stop.cancelled() => return stream,
+                        sent = stdin.send(bytes::Bytes::copy_from_slice(piece)) => sent,
+                    };
+                    if sent.is_err() {
                         input.stop();
                         break;
                     }
@@ -513,6 +634,7 @@ async fn pump_input(
         }
     }
     let _ = closed.send(gone);
+    stream
 }
 
 /// How the client's side of an execution's WebSocket ended.
