@@ -16,7 +16,7 @@ use trident_backends::contract::{self, ContractFixture, Harness};
 use trident_backends::local::cgroup::CgroupLayout;
 use trident_backends::local::{HostConfig, LocalExecutor, LocalOptions, SandboxHost};
 use trident_backends::{BackendError, Executor, Observation};
-use trident_core::DownCause;
+use trident_core::{DownCause, InventoryStatus, RunnerId, Timestamp, Uuid};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -237,5 +237,51 @@ async fn copies_outside_workspace_and_tmp_fail_before_anything_is_written() {
     assert_eq!(
         h.list(runner, "./", false).await.expect("list"),
         vec![("test.txt".to_owned(), '-')]
+    );
+}
+
+/// Starts queued behind the creation limit are in the inventory (pending) before their sandbox
+/// exists. An inventory that missed them made the manager drop runners it had started itself,
+/// stop each as an orphan when it came up and ask for another inventory: under steady claims the
+/// pools stalled (seen by the monitoring bench at the 60 s reconciliation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_being_started_are_listed_by_the_inventory() {
+    let fixture = Local::new();
+    let h = Harness::new(&fixture).await;
+    let spec = h.register(contract::ENV_A, &fixture.environment()).await;
+    let runners: Vec<RunnerId> = (0..8u128)
+        .map(|n| RunnerId::new(contract::ENV_A, Uuid(0x5_7A27 + n)))
+        .collect();
+    let starts = futures_util::future::join_all(runners.iter().map(|runner| {
+        h.executor
+            .start_runner(*runner, std::sync::Arc::clone(&spec))
+    }));
+    // `join!` polls the starts first: each has registered itself before the inventory is read,
+    // while the creations run one or two at a time.
+    let (started, inventory) = tokio::join!(starts, h.executor.inventory(Timestamp::ZERO));
+    let inventory = inventory.expect("an inventory");
+    for result in started {
+        result.expect("every start succeeds");
+    }
+    let listed: Vec<RunnerId> = inventory.runners.iter().map(|runner| runner.id).collect();
+    for runner in &runners {
+        assert_eq!(
+            listed.iter().filter(|id| *id == runner).count(),
+            1,
+            "{runner} listed once while it was starting: {listed:?}"
+        );
+    }
+    let later = h
+        .executor
+        .inventory(Timestamp::ZERO)
+        .await
+        .expect("an inventory");
+    assert_eq!(later.runners.len(), runners.len(), "{later:?}");
+    assert!(
+        later
+            .runners
+            .iter()
+            .all(|runner| matches!(runner.status, InventoryStatus::Running(_))),
+        "{later:?}"
     );
 }

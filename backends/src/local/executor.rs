@@ -16,7 +16,7 @@
 //! executor dropped); a watcher that has already taken its runner out of the map finishes its
 //! report or gives up when the executor is dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -114,6 +114,12 @@ pub struct LocalExecutor {
     environments: Mutex<BTreeMap<EnvironmentId, Arc<EnvironmentSpec>>>,
     /// Shared with the watchers only weakly: they must not keep the runners alive.
     runners: Arc<Runners>,
+    /// Runners whose start is in flight (queued behind `creations` or being created): the
+    /// inventory lists them as pending, as Nomad lists a registered job whose allocation has not
+    /// started. Without them, an inventory taken during a pool refill missed the queued starts,
+    /// the manager dropped those runners, stopped each as an orphan when it came up and asked
+    /// for another inventory: under steady claims the pools stalled.
+    starting: Mutex<BTreeSet<RunnerId>>,
     next_generation: AtomicU64,
     observations: mpsc::Sender<Observation>,
     observations_rx: Mutex<Option<mpsc::Receiver<Observation>>>,
@@ -137,6 +143,7 @@ impl LocalExecutor {
             creations: Arc::new(tokio::sync::Semaphore::new(creations_at_once())),
             destructions: Arc::new(tokio::sync::Semaphore::new(DESTRUCTIONS_MAX as usize)),
             creations_max: u32::try_from(creations_at_once()).unwrap_or(1),
+            starting: Mutex::new(BTreeSet::new()),
             options,
             environments: Mutex::new(BTreeMap::new()),
             runners: Arc::new(Mutex::new(BTreeMap::new())),
@@ -230,6 +237,19 @@ impl LocalExecutor {
 const DESTRUCTIONS_MAX: u32 = 1_024;
 
 /// Half the cores, at least one: the other half stays free for requests and executions.
+/// Takes a runner off [`LocalExecutor::starting`] when its start ends, however it ends
+/// (done, failed, or the caller gave up).
+struct Starting<'a> {
+    set: &'a Mutex<BTreeSet<RunnerId>>,
+    runner: RunnerId,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.runner);
+    }
+}
+
 fn creations_at_once() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
 }
@@ -399,6 +419,11 @@ impl Executor for LocalExecutor {
         runner: RunnerId,
         spec: Arc<EnvironmentSpec>,
     ) -> Result<(), BackendError> {
+        lock(&self.starting).insert(runner);
+        let _starting = Starting {
+            set: &self.starting,
+            runner,
+        };
         let permit = Arc::clone(&self.creations)
             .acquire_owned()
             .await
@@ -492,7 +517,7 @@ impl Executor for LocalExecutor {
             .iter()
             .map(|(id, spec)| (*id, (**spec).clone()))
             .collect();
-        let runners = lock(&self.runners)
+        let mut runners: Vec<InventoryRunner> = lock(&self.runners)
             .iter()
             .map(|(id, local)| InventoryRunner {
                 id: *id,
@@ -504,6 +529,17 @@ impl Executor for LocalExecutor {
                 mark: local.mark,
             })
             .collect();
+        let listed: BTreeSet<RunnerId> = runners.iter().map(|runner| runner.id).collect();
+        runners.extend(
+            lock(&self.starting)
+                .iter()
+                .filter(|id| !listed.contains(id))
+                .map(|id| InventoryRunner {
+                    id: *id,
+                    status: InventoryStatus::Pending,
+                    mark: RunnerMark::Idle,
+                }),
+        );
         Ok(Inventory {
             as_of,
             environments,
