@@ -106,7 +106,7 @@ pub async fn request(
         let bytes = match body {
             Some(body) => {
                 builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(body.to_string())
+                Bytes::from(serde_json::to_vec(&body).map_err(|error| format!("body: {error}"))?)
             }
             None => Bytes::new(),
         };

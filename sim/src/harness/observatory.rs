@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use trident_core::{EnvironmentStats, Manager};
+use trident_core::{EnvironmentStats, Manager, RunnerId};
 
 use super::faults::{FaultKind, Fnv};
 use crate::nomad::FakeNomad;
@@ -139,10 +139,21 @@ pub struct Counters {
 /// The manager as last inspected.
 #[derive(Clone, Debug, Default)]
 pub struct ManagerView {
-    /// Its runners.
-    pub runners: BTreeSet<String>,
+    /// Its runners. Ids, not their text: the view is taken after every manager input, and
+    /// formatting every id each time was a measurable part of a simulation.
+    pub runners: BTreeSet<RunnerId>,
     /// Per environment.
     pub stats: Vec<EnvironmentStats>,
+}
+
+impl ManagerView {
+    /// Whether the manager knows the runner a job id names (a job id that names no runner is no
+    /// runner it knows).
+    pub fn knows(&self, job_id: &str) -> bool {
+        job_id
+            .parse::<RunnerId>()
+            .is_ok_and(|runner| self.runners.contains(&runner))
+    }
 }
 
 /// The shared state of one seed's simulation.
@@ -162,7 +173,7 @@ pub struct Observatory {
     /// The current Trident's manager, as last inspected; `None` while Trident is down.
     pub manager: Option<ManagerView>,
     /// Every lease ever seen in a manager, and its runner.
-    leases: BTreeMap<u64, String>,
+    leases: BTreeMap<u64, RunnerId>,
     /// Every runner ever handed out by a claim, and the client it went to.
     handed_out: BTreeMap<String, usize>,
     /// Last frame index per (incarnation, subscription).
@@ -247,11 +258,8 @@ impl Observatory {
         }
         let mut reissued = Vec::new();
         for (runner, lease) in manager.claimed_runners() {
-            let runner = runner.to_string();
             match self.leases.get(&lease.0) {
-                Some(holder) if *holder != runner => {
-                    reissued.push((lease.0, holder.clone(), runner))
-                }
+                Some(holder) if *holder != runner => reissued.push((lease.0, *holder, runner)),
                 Some(_) => {}
                 None => {
                     self.leases.insert(lease.0, runner);
@@ -277,10 +285,7 @@ impl Observatory {
             }
         }
         self.manager = Some(ManagerView {
-            runners: manager
-                .runner_ids()
-                .map(|runner| runner.to_string())
-                .collect(),
+            runners: manager.runner_ids().collect(),
             stats,
         });
     }
@@ -334,16 +339,12 @@ impl Observatory {
         let checked = (nomad.peek_index(), self.counters.inspections);
         if self.cluster_checked != Some(checked) {
             self.cluster_checked = Some(checked);
-            let census = nomad.census();
             let mut seen = BTreeSet::new();
-            for job in census.jobs {
-                if job.stopped || job.status == "dead" || job.id.starts_with("template-") {
-                    continue;
+            nomad.visit_live_jobs(|job| {
+                if !job.starts_with("template-") && !manager.knows(job) {
+                    seen.insert(job.to_owned());
                 }
-                if !manager.runners.contains(&job.id) {
-                    seen.insert(job.id);
-                }
-            }
+            });
             self.untracked.retain(|job, _| seen.contains(job));
             let now = self.now;
             for job in seen {
@@ -389,7 +390,7 @@ impl Observatory {
         if let Some(nomad) = &self.nomad {
             for job in nomad.census().jobs {
                 let live = !job.stopped && job.status != "dead";
-                if live && !job.id.starts_with("template-") && !manager.runners.contains(&job.id) {
+                if live && !job.id.starts_with("template-") && !manager.knows(&job.id) {
                     problems.push(format!("orphaned runner job {job}", job = job.id));
                 }
             }

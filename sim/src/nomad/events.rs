@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -27,20 +27,45 @@ pub(crate) struct Event {
     pub(crate) key: String,
     pub(crate) namespace: String,
     pub(crate) filter_keys: Option<Vec<String>>,
-    pub(crate) payload: Value,
+    /// Serialised when the event is made: a frame is rendered once per subscriber, and the
+    /// buffer keeps it until evicted.
+    pub(crate) payload: Box<RawValue>,
 }
 
 impl Event {
-    fn to_json(&self, index: u64) -> Value {
-        json!({
-            "Topic": self.topic,
-            "Type": self.typ,
-            "Key": self.key,
-            "Namespace": self.namespace,
-            "FilterKeys": self.filter_keys,
-            "Index": index,
-            "Payload": self.payload,
-        })
+    /// Appends the event as one JSON object. Serialised from borrowed fields, not built as a
+    /// `Value` first (that deep-copied every payload once per subscriber and frame, a tenth of
+    /// a simulation's time); the keys are in the order a `serde_json::Map` keeps (sorted), so the
+    /// bytes are those of the `Value` this used to build.
+    fn write_json(&self, index: u64, out: &mut Vec<u8>) {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "FilterKeys")]
+            filter_keys: &'a Option<Vec<String>>,
+            #[serde(rename = "Index")]
+            index: u64,
+            #[serde(rename = "Key")]
+            key: &'a str,
+            #[serde(rename = "Namespace")]
+            namespace: &'a str,
+            #[serde(rename = "Payload")]
+            payload: &'a RawValue,
+            #[serde(rename = "Topic")]
+            topic: &'a str,
+            #[serde(rename = "Type")]
+            typ: &'a str,
+        }
+        let wire = Wire {
+            filter_keys: &self.filter_keys,
+            index,
+            key: &self.key,
+            namespace: &self.namespace,
+            payload: &self.payload,
+            topic: self.topic,
+            typ: self.typ,
+        };
+        serde_json::to_writer(out, &wire)
+            .expect("a Vec takes every write and the keys are strings");
     }
 }
 
@@ -53,19 +78,24 @@ pub(crate) struct Frame {
 
 impl Frame {
     /// The frame's NDJSON line with only the events `filter` lets through, or `None` when none
-    /// does (Nomad sends no empty frames).
-    pub(crate) fn render(&self, filter: &StreamFilter) -> Option<String> {
-        let events: Vec<Value> = self
-            .events
-            .iter()
-            .filter(|event| filter.matches(event))
-            .map(|event| event.to_json(self.index))
-            .collect();
-        if events.is_empty() {
+    /// does (Nomad sends no empty frames). The bytes of `{"Events":[…],"Index":N}` as a
+    /// `serde_json::Value` would print them.
+    pub(crate) fn render(&self, filter: &StreamFilter) -> Option<Vec<u8>> {
+        let mut line = Vec::with_capacity(1024);
+        line.extend_from_slice(b"{\"Events\":[");
+        let mut events = 0usize;
+        for event in self.events.iter().filter(|event| filter.matches(event)) {
+            if events > 0 {
+                line.push(b',');
+            }
+            event.write_json(self.index, &mut line);
+            events += 1;
+        }
+        if events == 0 {
             return None;
         }
-        let frame = json!({ "Index": self.index, "Events": events });
-        Some(format!("{frame}\n"))
+        line.extend_from_slice(format!("],\"Index\":{}}}\n", self.index).as_bytes());
+        Some(line)
     }
 }
 
@@ -135,10 +165,13 @@ impl EventBuffer {
 
     /// Every buffered frame, unfiltered, as NDJSON.
     pub(crate) fn log(&self) -> String {
-        self.frames
+        let bytes: Vec<u8> = self
+            .frames
             .iter()
             .filter_map(|frame| frame.render(&StreamFilter::all()))
-            .collect()
+            .flatten()
+            .collect();
+        String::from_utf8(bytes).expect("serde_json writes UTF-8")
     }
 }
 

@@ -50,11 +50,16 @@ fn text(status: u16, message: String) -> Response {
 
 /// A JSON answer with Nomad's read headers (§1.2).
 fn json(value: &Value, index: u64) -> Response {
-    let mut response = (
-        [(header::CONTENT_TYPE, "application/json")],
-        value.to_string(),
+    // serde_json's own writer, not `Display` (which goes through `fmt` a piece at a time).
+    json_bytes(
+        serde_json::to_vec(value).expect("a Value always serialises"),
+        index,
     )
-        .into_response();
+}
+
+/// [`json`] for a body already serialised.
+fn json_bytes(body: Vec<u8>, index: u64) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     let headers = response.headers_mut();
     headers.insert("X-Nomad-Index", HeaderValue::from(index));
     headers.insert("X-Nomad-KnownLeader", HeaderValue::from_static("true"));
@@ -211,7 +216,7 @@ async fn job_allocations(
         nomad
             .lock()
             .job_allocations(&namespace(&params), &id, flag(&params, "all"));
-    json(&allocs, index)
+    json_bytes(allocs, index)
 }
 
 async fn job_evaluations(
@@ -232,7 +237,7 @@ async fn list_allocations(State(nomad): State<FakeNomad>, Query(params): Params)
         flag(&params, "resources"),
         task_states,
     );
-    json(&allocs, index)
+    json_bytes(allocs, index)
 }
 
 async fn read_allocation(State(nomad): State<FakeNomad>, Path(id): Path<String>) -> Response {

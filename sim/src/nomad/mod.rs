@@ -259,6 +259,17 @@ impl FakeNomad {
             .census()
     }
 
+    /// Calls `visit` with the id of every job that is neither stopped nor dead, in id order.
+    /// Reads no clock, as [`FakeNomad::census`], and copies nothing: the simulation's step loop
+    /// calls it whenever the cluster or Trident changed.
+    pub fn visit_live_jobs(&self, visit: impl FnMut(&str)) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .visit_live_jobs(visit);
+    }
+
     /// The current raft index, read without touching the fake's clock (so the simulation's step
     /// loop, outside every runtime, may call it).
     pub fn peek_index(&self) -> u64 {
@@ -298,7 +309,8 @@ impl FakeNomad {
 
     /// The allocation stubs of a job (as `GET /v1/job/:id/allocations?all=true`).
     pub fn job_allocations(&self, namespace: &str, id: &str) -> serde_json::Value {
-        self.lock().job_allocations(namespace, id, true).0
+        let (stubs, _) = self.lock().job_allocations(namespace, id, true);
+        serde_json::from_slice(&stubs).expect("the fake writes JSON")
     }
 
     /// Stores `jobs` (each as the `Job` of a `PUT /v1/jobs` body) at once, as a cluster that has

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, watch};
 
@@ -22,6 +23,8 @@ use super::events::{Event, EventBuffer, Frame};
 use super::faults::FaultState;
 use super::fs::Fs;
 use super::{FakeNomadConfig, SplitMix64, uuid};
+
+mod wire;
 
 /// How many task events a task state keeps (Nomad's client default).
 const TASK_EVENTS_MAX: usize = 10;
@@ -174,19 +177,9 @@ impl Job {
             .collect()
     }
 
+    /// The job as Nomad returns it: the spec and the server's fields (§3.3).
     fn to_json(&self) -> Value {
-        let mut job = self.spec.clone();
-        job.insert("Stop".into(), json!(self.stop));
-        job.insert("Namespace".into(), json!(self.namespace));
-        job.insert("Status".into(), json!(self.status));
-        job.insert("StatusDescription".into(), json!(""));
-        job.insert("Stable".into(), json!(false));
-        job.insert("Version".into(), json!(self.version));
-        job.insert("SubmitTime".into(), json!(self.submit_time_ns));
-        job.insert("CreateIndex".into(), json!(self.create_index));
-        job.insert("ModifyIndex".into(), json!(self.modify_index));
-        job.insert("JobModifyIndex".into(), json!(self.job_modify_index));
-        Value::Object(job)
+        serde_json::to_value(wire::JobWire(self)).expect("string keys")
     }
 }
 
@@ -253,7 +246,7 @@ impl Eval {
             key: self.id.clone(),
             namespace: self.namespace.clone(),
             filter_keys: Some(vec![self.job_id.clone(), String::new()]),
-            payload: json!({ "Evaluation": self.to_json() }),
+            payload: raw(&json!({ "Evaluation": self.to_json() })),
         }
     }
 }
@@ -322,40 +315,6 @@ impl TaskState {
             self.events.remove(0);
         }
     }
-
-    /// All keys present (TaskState is not an omitempty struct, §5.6).
-    fn to_json(&self) -> Value {
-        let events: Vec<Value> = self
-            .events
-            .iter()
-            .map(|event| {
-                json!({
-                    "Type": event.typ,
-                    "Time": event.time_ns,
-                    "Message": event.message,
-                    "DisplayMessage": event.message,
-                    "Details": event.details,
-                    "FailsTask": event.details.get("fails_task").is_some_and(|v| v == "true"),
-                    "ExitCode": event.details.get("exit_code").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
-                    "Signal": 0,
-                    "RestartReason": event.details.get("restart_reason").cloned().unwrap_or_default(),
-                    "DriverError": event.details.get("driver_error").cloned().unwrap_or_default(),
-                    "DriverMessage": event.details.get("driver_message").cloned().unwrap_or_default(),
-                    "StartDelay": event.details.get("start_delay").and_then(|v| v.parse::<i64>().ok()).unwrap_or(0),
-                })
-            })
-            .collect();
-        json!({
-            "State": self.state,
-            "Failed": self.failed,
-            "Restarts": self.restarts,
-            "LastRestart": rfc3339(self.last_restart_ns),
-            "StartedAt": rfc3339(self.started_at_ns),
-            "FinishedAt": rfc3339(self.finished_at_ns),
-            "Events": events,
-            "Paused": null,
-        })
-    }
 }
 
 /// An allocation, with the container the fake driver runs for it.
@@ -396,8 +355,6 @@ pub(crate) struct Alloc {
     /// incarnation end, and a new incarnation starts with a clean file system.
     pub(crate) incarnation: u64,
     pub(crate) fs: Fs,
-    /// The event payload of the allocation's previous version (stale-replay fault).
-    previous_payload: Option<Value>,
 }
 
 /// Client statuses Nomad counts as terminal (§5.4).
@@ -420,127 +377,22 @@ impl Alloc {
         }
     }
 
-    fn task_states(&self) -> Value {
-        match &self.task {
-            Some(task) => json!({ self.task_name.clone(): task.to_json() }),
-            None => Value::Null,
-        }
-    }
-
-    fn allocated_resources(&self) -> Value {
-        let ports: Vec<Value> = self
-            .ports
-            .iter()
-            .map(|(label, value, to)| {
-                let mut port = Map::new();
-                put(&mut port, "Label", json!(label));
-                put(&mut port, "Value", json!(value));
-                put(&mut port, "To", json!(to));
-                put(&mut port, "HostIP", json!("127.0.0.1"));
-                Value::Object(port)
-            })
-            .collect();
-        json!({
-            "Tasks": { self.task_name.clone(): {
-                "Cpu": { "CpuShares": self.cpu, "ReservedCores": null },
-                "Memory": { "MemoryMB": self.memory_mb, "MemoryMaxMB": self.memory_max_mb },
-                "Networks": null,
-                "Devices": null,
-            }},
-            "TaskLifecycles": { self.task_name.clone(): null },
-            "Shared": {
-                "Networks": null,
-                "DiskMB": 10,
-                "Ports": if ports.is_empty() { Value::Null } else { Value::Array(ports) },
-            },
-        })
-    }
-
     /// The full allocation (`GET /v1/allocation/:id`; the event payload without `Job`), zero
     /// fields omitted (§5.3).
     fn to_json(&self, with_job: bool) -> Value {
-        let mut map = Map::new();
-        put(&mut map, "ID", json!(self.id));
-        put(&mut map, "Namespace", json!(self.namespace));
-        put(&mut map, "EvalID", json!(self.eval_id));
-        put(&mut map, "Name", json!(self.name));
-        put(&mut map, "NodeID", json!(self.node_id));
-        put(&mut map, "NodeName", json!(self.node_name));
-        put(&mut map, "JobID", json!(self.job_id));
-        if with_job {
-            put(&mut map, "Job", self.job.clone());
-        }
-        put(&mut map, "TaskGroup", json!(self.task_group));
-        put(&mut map, "AllocatedResources", self.allocated_resources());
-        put(&mut map, "DesiredStatus", json!(self.desired_status));
-        put(
-            &mut map,
-            "DesiredDescription",
-            json!(self.desired_description),
-        );
-        put(&mut map, "ClientStatus", json!(self.client_status));
-        put(
-            &mut map,
-            "ClientDescription",
-            json!(self.client_description),
-        );
-        put(&mut map, "TaskStates", self.task_states());
-        put(
-            &mut map,
-            "PreviousAllocation",
-            json!(self.previous_allocation),
-        );
-        put(&mut map, "NextAllocation", json!(self.next_allocation));
-        put(&mut map, "CreateIndex", json!(self.create_index));
-        put(&mut map, "ModifyIndex", json!(self.modify_index));
-        put(&mut map, "AllocModifyIndex", json!(self.alloc_modify_index));
-        put(&mut map, "CreateTime", json!(self.create_time_ns));
-        put(&mut map, "ModifyTime", json!(self.modify_time_ns));
-        Value::Object(map)
+        serde_json::to_value(wire::AllocWire {
+            alloc: self,
+            with_job,
+        })
+        .expect("string keys")
     }
 
-    /// The list stub (§5.2): every key present, `AllocatedResources` only on request.
-    fn stub(&self, resources: bool, task_states: bool) -> Value {
-        let mut stub = json!({
-            "ID": self.id,
-            "EvalID": self.eval_id,
-            "Name": self.name,
-            "Namespace": self.namespace,
-            "NodeID": self.node_id,
-            "NodeName": self.node_name,
-            "JobID": self.job_id,
-            "JobType": self.job.get("Type").cloned().unwrap_or(Value::Null),
-            "JobVersion": self.job_version,
-            "TaskGroup": self.task_group,
-            "DesiredStatus": self.desired_status,
-            "DesiredDescription": self.desired_description,
-            "ClientStatus": self.client_status,
-            "ClientDescription": self.client_description,
-            "DesiredTransition": { "Migrate": null, "Reschedule": null, "ForceReschedule": null,
-                                   "NoShutdownDelay": null, "MigrateDisablePlacement": null },
-            "TaskStates": if task_states { self.task_states() } else { Value::Null },
-            "DeploymentStatus": null,
-            "FollowupEvalID": "",
-            "NextAllocation": self.next_allocation,
-            "RescheduleTracker": null,
-            "PreemptedAllocations": null,
-            "PreemptedByAllocation": "",
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index,
-            "CreateTime": self.create_time_ns,
-            "ModifyTime": self.modify_time_ns,
-        });
-        if resources && let Some(map) = stub.as_object_mut() {
-            map.insert("AllocatedResources".into(), self.allocated_resources());
-        }
-        stub
+    /// An event's payload, `{"Allocation": …}`, serialised once, straight from the state.
+    fn payload(&self) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&wire::PayloadWire(self)).expect("string keys")
     }
 
-    fn payload(&self) -> Value {
-        json!({ "Allocation": self.to_json(false) })
-    }
-
-    fn event(&self, typ: &'static str, payload: Value) -> Event {
+    fn event(&self, typ: &'static str, payload: Box<RawValue>) -> Event {
         Event {
             topic: "Allocation",
             typ,
@@ -1168,16 +1020,21 @@ impl State {
 
     // --------------------------------------------------------- allocations
 
-    /// `GET /v1/job/:id/allocations?all=…` (§3.6).
-    pub(crate) fn job_allocations(&self, namespace: &str, id: &str, all: bool) -> (Value, u64) {
+    /// `GET /v1/job/:id/allocations?all=…` (§3.6), serialised (Trident asks it before every
+    /// exec, so it is written straight from the state, not built as a `Value`).
+    pub(crate) fn job_allocations(&self, namespace: &str, id: &str, all: bool) -> (Vec<u8>, u64) {
         let key = (namespace.to_owned(), id.to_owned());
         let create_index = self.jobs.get(&key).map(|job| job.create_index);
-        let stubs: Vec<Value> = self
-            .job_allocs(&key)
-            .filter(|a| all || create_index.is_none_or(|index| a.job_create_index == index))
-            .map(|a| a.stub(false, true))
-            .collect();
-        (Value::Array(stubs), self.allocs_index)
+        let stubs = wire::array(
+            self.job_allocs(&key)
+                .filter(|a| all || create_index.is_none_or(|index| a.job_create_index == index))
+                .map(|alloc| wire::StubWire {
+                    alloc,
+                    resources: false,
+                    task_states: true,
+                }),
+        );
+        (stubs, self.allocs_index)
     }
 
     /// `GET /v1/job/:id/evaluations` (§3.6): the job's evaluations, `[]` for an unknown job.
@@ -1200,14 +1057,20 @@ impl State {
         prefix: &str,
         resources: bool,
         task_states: bool,
-    ) -> (Value, u64) {
-        let stubs: Vec<Value> = self
-            .allocs
-            .values()
-            .filter(|a| (namespace == "*" || a.namespace == namespace) && a.id.starts_with(prefix))
-            .map(|a| a.stub(resources, task_states))
-            .collect();
-        (Value::Array(stubs), self.allocs_index)
+    ) -> (Vec<u8>, u64) {
+        let stubs = wire::array(
+            self.allocs
+                .values()
+                .filter(|a| {
+                    (namespace == "*" || a.namespace == namespace) && a.id.starts_with(prefix)
+                })
+                .map(|alloc| wire::StubWire {
+                    alloc,
+                    resources,
+                    task_states,
+                }),
+        );
+        (stubs, self.allocs_index)
     }
 
     /// `GET /v1/allocation/:id`.
@@ -1237,6 +1100,15 @@ impl State {
                 "Drain": false,
             })
         })
+    }
+
+    /// The ids of the jobs neither stopped nor dead (reads no clock).
+    pub(crate) fn visit_live_jobs(&self, mut visit: impl FnMut(&str)) {
+        for job in self.jobs.values() {
+            if !job.stop && job.status != "dead" {
+                visit(&job.id);
+            }
+        }
     }
 
     /// The jobs and the live allocations, for the simulation's invariants (reads no clock).
@@ -1406,7 +1278,6 @@ impl State {
             restart_attempts: group.restart_attempts,
             incarnation: 0,
             fs: Fs::new(now_s),
-            previous_payload: None,
         }
     }
 
@@ -1436,7 +1307,6 @@ impl State {
                         let alloc = self.allocs.get_mut(alloc_id).expect("listed above");
                         if alloc.job_version != version {
                             // An in-place update: a new job version, same statuses (§3.1, §5.7).
-                            alloc.previous_payload = Some(alloc.payload());
                             alloc.job_version = version;
                             alloc.job = job_json.clone();
                             alloc.modify_index = plan.index;
@@ -1478,7 +1348,6 @@ impl State {
                     .collect();
                 for alloc_id in doomed {
                     let alloc = self.allocs.get_mut(&alloc_id).expect("listed above");
-                    alloc.previous_payload = Some(alloc.payload());
                     alloc.desired_status = "stop";
                     alloc.desired_description = "alloc not needed due to job update".into();
                     alloc.modify_index = plan.index;
@@ -1554,9 +1423,10 @@ impl State {
             self.commit(tx);
             return;
         };
-        let previous = alloc.payload();
+        // The version before this write, for the stale-replay fault only: building a payload
+        // is the costliest part of an update.
+        let previous = self.faults.stale_alloc_replay.then(|| alloc.payload());
         change(alloc, now);
-        alloc.previous_payload = Some(previous.clone());
         alloc.modify_index = tx.index;
         alloc.modify_time_ns = now;
         tx.events.push(alloc.event(tx.typ, alloc.payload()));
@@ -1573,7 +1443,7 @@ impl State {
             self.allocs_index = tx.index;
             self.commit(tx);
         }
-        if self.faults.stale_alloc_replay {
+        if let Some(previous) = previous {
             let mut tx = self.begin("AllocationUpdated");
             let alloc = &self.allocs[alloc_id];
             tx.events.push(alloc.event(tx.typ, previous));
@@ -1813,7 +1683,6 @@ impl State {
             None => String::new(),
         };
         let alloc = self.allocs.get_mut(alloc_id).expect("checked above");
-        alloc.previous_payload = Some(alloc.payload());
         alloc.client_status = "lost";
         alloc.client_description = "alloc is lost since its node is down".into();
         alloc.desired_status = "stop";
@@ -1843,6 +1712,11 @@ impl State {
     }
 }
 
+/// A payload built as a value, serialised.
+fn raw(value: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("a Value always serialises")
+}
+
 fn job_event(job: &Job, typ: &'static str) -> Event {
     Event {
         topic: "Job",
@@ -1850,7 +1724,7 @@ fn job_event(job: &Job, typ: &'static str) -> Event {
         key: job.id.clone(),
         namespace: job.namespace.clone(),
         filter_keys: None,
-        payload: json!({ "Job": job.to_json() }),
+        payload: serde_json::value::to_raw_value(&wire::JobPayloadWire(job)).expect("string keys"),
     }
 }
 
