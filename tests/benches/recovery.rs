@@ -42,6 +42,7 @@ use trident_core::{
     Timestamp, Uuid,
 };
 use trident_sim::nomad::{FakeNomad, FakeNomadConfig};
+use trident_tests::ServedNomad;
 
 const ENVIRONMENT: EnvironmentId = EnvironmentId(29);
 const IN_FLIGHT: usize = 8;
@@ -82,7 +83,8 @@ fn main() {
 }
 
 async fn bench(runners: usize, claimed: usize, samples: usize) {
-    let (nomad, address) = seeded_fake(runners, claimed).await;
+    let served = seeded_fake(runners, claimed).await;
+    let (nomad, address) = (&served.nomad, served.address.as_str());
     println!(
         "recovery of {runners} runners ({claimed} claimed) from the fake Nomad at {address}, \
          {samples} samples each"
@@ -96,15 +98,15 @@ async fn bench(runners: usize, claimed: usize, samples: usize) {
     ];
     for _ in 0..samples {
         // Interleaved, so that a machine that slows down meanwhile hits every approach.
-        let trident = measure(&nomad, trident_recovery(&nomad, &address)).await;
+        let trident = measure(nomad, trident_recovery(nomad, address)).await;
         results[0].1.push(trident);
-        let sequential = measure(&nomad, poseidon_recovery(&address, 1)).await;
+        let sequential = measure(nomad, poseidon_recovery(address, 1)).await;
         results[1].1.push(sequential);
-        let parallel = measure(&nomad, poseidon_recovery(&address, IN_FLIGHT)).await;
+        let parallel = measure(nomad, poseidon_recovery(address, IN_FLIGHT)).await;
         results[2].1.push(parallel);
-        let allocations = measure(&nomad, allocation_list(&address)).await;
+        let allocations = measure(nomad, allocation_list(address)).await;
         results[3].1.push(allocations);
-        let jobs = measure(&nomad, job_list(&address)).await;
+        let jobs = measure(nomad, job_list(address)).await;
         results[4].1.push(jobs);
     }
     println!();
@@ -139,8 +141,9 @@ async fn bench(runners: usize, claimed: usize, samples: usize) {
 
 /// A fake Nomad holding one environment's template (with the claims in its ledger) and
 /// `runners` running runner jobs, served on an ephemeral port.
-async fn seeded_fake(runners: usize, claimed: usize) -> (FakeNomad, String) {
-    let nomad = FakeNomad::new(FakeNomadConfig::default());
+async fn seeded_fake(runners: usize, claimed: usize) -> ServedNomad {
+    // Served before it is seeded: nobody knows its address until this returns.
+    let served = ServedNomad::start(FakeNomadConfig::default()).await;
     let settings = JobSettings::default();
     let spec = EnvironmentSpec {
         prewarming_pool_size: u32::try_from(runners - claimed).expect("a pool size"),
@@ -176,18 +179,11 @@ async fn seeded_fake(runners: usize, claimed: usize) -> (FakeNomad, String) {
         }
         seeded.push(job);
     }
-    nomad
+    served
+        .nomad
         .seed_running_jobs("default", &seeded)
         .expect("the jobs are valid");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
-    let address = format!("http://{}", listener.local_addr().expect("bound"));
-    let serving = nomad.clone();
-    tokio::spawn(async move {
-        let _ = serving.serve(listener).await;
-    });
-    (nomad, address)
+    served
 }
 
 /// Runs one recovery and takes the requests the fake received meanwhile.

@@ -11,8 +11,10 @@
 //! the path of a binary to the tests of its own package.
 
 mod monitoring;
+mod nomad;
 
 pub use monitoring::{Metrics, Sample, Series, VictoriaMetrics};
+pub use nomad::ServedNomad;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

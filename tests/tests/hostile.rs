@@ -2192,17 +2192,14 @@ async fn one_runner_cannot_reach_another_runners_workspace() {
 /// commands travel as arguments of commands run in an allocation.
 mod nomad {
     use super::*;
-    use trident_sim::nomad::{FakeNomad, FakeNomadConfig};
+    use trident_sim::nomad::FakeNomadConfig;
+    use trident_tests::ServedNomad;
 
-    async fn server(flags: &[&str]) -> (FakeNomad, Server, String) {
-        let nomad = FakeNomad::new(FakeNomadConfig::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let address = format!("http://{}", listener.local_addr().expect("bound"));
-        let serving = nomad.clone();
-        tokio::spawn(async move { serving.serve(listener).await });
-        let mut args = vec!["--backend", "nomad", "--nomad-address", &address];
+    /// The fake (serving until dropped), a `trident --backend nomad` in front of it, and a
+    /// runner claimed from a pool of 2.
+    async fn server(flags: &[&str]) -> (ServedNomad, Server, String) {
+        let nomad = ServedNomad::start(FakeNomadConfig::default()).await;
+        let mut args = vec!["--backend", "nomad", "--nomad-address", &nomad.address];
         args.extend_from_slice(flags);
         let server = Server::start(&args).await;
         server.environment(1, 2, 128).await;

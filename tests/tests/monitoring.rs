@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use trident_tests::{Launch, Series, Server, VictoriaMetrics};
+use trident_sim::nomad::FakeNomadConfig;
+use trident_tests::{Launch, Series, ServedNomad, Server, VictoriaMetrics};
 
 /// How long points may take to become visible in VictoriaMetrics (the server's batches are
 /// written at least once a second).
@@ -707,19 +708,6 @@ async fn gate(
     (address, task)
 }
 
-/// The fake Nomad on an ephemeral port, served by the returned task (abort it to stop).
-async fn fake_nomad() -> (String, tokio::task::JoinHandle<()>) {
-    let nomad = trident_sim::nomad::FakeNomad::new(trident_sim::nomad::FakeNomadConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
-    let address = format!("http://{}", listener.local_addr().expect("bound"));
-    let task = tokio::spawn(async move {
-        let _ = nomad.serve(listener).await;
-    });
-    (address, task)
-}
-
 /// Whether `text` is `hh:mm:ss.nnnnnnnnn` within a minute of the UTC time of day now.
 fn is_time_of_day_now(text: &str) -> bool {
     let bytes = text.as_bytes();
@@ -748,10 +736,10 @@ fn is_time_of_day_now(text: &str) -> bool {
 async fn every_nomad_event_becomes_a_poseidon_nomad_events_point_and_is_counted_by_topic_and_type()
 {
     let vm = VictoriaMetrics::start().await;
-    let (nomad, serving) = fake_nomad().await;
+    let nomad = ServedNomad::start(FakeNomadConfig::default()).await;
     let server = influx_server(
         &vm.base(),
-        &["--backend", "nomad", "--nomad-address", &nomad],
+        &["--backend", "nomad", "--nomad-address", &nomad.address],
     )
     .await;
     server.environment(7, 1, 256).await;
@@ -759,7 +747,7 @@ async fn every_nomad_event_becomes_a_poseidon_nomad_events_point_and_is_counted_
     // The claimed runner's replacement comes up: more allocation events.
     server.environment_ready(7, 1).await;
 
-    let allocations: Value = reqwest::get(format!("{nomad}/v1/allocations"))
+    let allocations: Value = reqwest::get(format!("{}/v1/allocations", nomad.address))
         .await
         .expect("the fake answers")
         .json()
@@ -905,20 +893,14 @@ async fn every_nomad_event_becomes_a_poseidon_nomad_events_point_and_is_counted_
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(server);
-    serving.abort();
+    drop(nomad);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_the_first_recovery_while_health_answers_at_once() {
-    let nomad = trident_sim::nomad::FakeNomad::new(trident_sim::nomad::FakeNomadConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
-    let nomad_address = listener.local_addr().expect("bound").to_string();
-    let serving = nomad.clone();
-    let _nomad_task = tokio::spawn(async move { serving.serve(listener).await });
+    let nomad = ServedNomad::start(FakeNomadConfig::default()).await;
     let (open_tx, open) = tokio::sync::watch::channel(false);
-    let (gated, gate_task) = gate(nomad_address, open).await;
+    let (gated, gate_task) = gate(nomad.host_port().to_owned(), open).await;
 
     let server = Server::start_with(Launch {
         extra: &["--backend", "nomad", "--nomad-address", &gated],

@@ -4,20 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trident_sim::nomad::{FakeNomad, FakeNomadConfig};
-use trident_tests::Server;
-
-/// Starts the fake Nomad on an ephemeral port; returns its handle and address.
-async fn fake_nomad() -> (FakeNomad, String) {
-    let nomad = FakeNomad::new(FakeNomadConfig::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
-    let address = format!("http://{}", listener.local_addr().expect("bound"));
-    let serving = nomad.clone();
-    tokio::spawn(async move { serving.serve(listener).await });
-    (nomad, address)
-}
+use trident_sim::nomad::FakeNomadConfig;
+use trident_tests::{ServedNomad, Server};
 
 async fn nomad_get(address: &str, path: &str) -> (u16, Value) {
     let response = reqwest::get(format!("{address}{path}"))
@@ -33,7 +21,8 @@ async fn nomad_get(address: &str, path: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nomad_backend_fills_pools_keeps_claims_in_the_ledger_and_purges_released_runners() {
-    let (_nomad, address) = fake_nomad().await;
+    let served = ServedNomad::start(FakeNomadConfig::default()).await;
+    let address = served.address.clone();
     let server = Server::start(&["--backend", "nomad", "--nomad-address", &address]).await;
     server.environment(1, 2, 128).await;
 
@@ -96,7 +85,8 @@ async fn the_nomad_backend_fills_pools_keeps_claims_in_the_ledger_and_purges_rel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_and_executions_go_through_nomad_exec() {
-    let (_nomad, address) = fake_nomad().await;
+    let served = ServedNomad::start(FakeNomadConfig::default()).await;
+    let address = served.address.clone();
     let server = Server::start(&["--backend", "nomad", "--nomad-address", &address]).await;
     server.environment(1, 1, 128).await;
     let runner = server.claim(1, 60).await;
@@ -155,7 +145,8 @@ async fn files_and_executions_go_through_nomad_exec() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_recovers_idle_and_claimed_runners_with_their_timeouts() {
-    let (_nomad, address) = fake_nomad().await;
+    let served = ServedNomad::start(FakeNomadConfig::default()).await;
+    let address = served.address.clone();
     let args = ["--backend", "nomad", "--nomad-address", address.as_str()];
     let mut first = Server::start(&args).await;
     first.environment(1, 2, 128).await;

@@ -19,37 +19,15 @@ use trident_backends::nomad::exec::{ExecClient, ExecConfig};
 use trident_backends::nomad::executor::{NomadExecutor, NomadOptions};
 use trident_backends::nomad::retry::SplitMix64;
 use trident_backends::{BackendError, ExecutionRequest, Executor};
-use trident_sim::nomad::{FakeNomad, FakeNomadConfig};
+use trident_sim::nomad::FakeNomadConfig;
+use trident_tests::ServedNomad;
 
 /// One fake Nomad on an ephemeral port, serving until the fixture is dropped.
-struct Fake {
-    _nomad: FakeNomad,
-    address: String,
-    server: tokio::task::JoinHandle<()>,
-}
+struct Fake(ServedNomad);
 
 impl Fake {
     async fn start() -> Fake {
-        let nomad = FakeNomad::new(FakeNomadConfig::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let address = format!("http://{}", listener.local_addr().expect("bound"));
-        let serving = nomad.clone();
-        let server = tokio::spawn(async move {
-            let _ = serving.serve(listener).await;
-        });
-        Fake {
-            _nomad: nomad,
-            address,
-            server,
-        }
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.server.abort();
+        Fake(ServedNomad::start(FakeNomadConfig::default()).await)
     }
 }
 
@@ -57,7 +35,7 @@ impl ContractFixture for Fake {
     type E = NomadExecutor<MaybeTls<TcpConnector>>;
 
     async fn executor(&self) -> Self::E {
-        let config = NomadConfig::new(self.address.clone());
+        let config = NomadConfig::new(self.0.address.clone());
         let client = NomadClient::connect_tcp(&config, SplitMix64::new(1)).expect("a client");
         let exec = ExecClient::connect_tcp(&config, ExecConfig::default(), SplitMix64::new(2))
             .expect("an exec client");

@@ -14,42 +14,13 @@ use trident_backends::nomad::executor::{NomadExecutor, NomadOptions};
 use trident_backends::nomad::retry::SplitMix64;
 use trident_backends::{BackendError, Executor};
 use trident_core::{EnvironmentId, EnvironmentSpec, RunnerId, Uuid};
-use trident_sim::nomad::{FakeNomad, FakeNomadConfig, Fault};
+use trident_sim::nomad::{FakeNomadConfig, Fault};
+use trident_tests::ServedNomad;
 
 const EVALUATION_GET: &str = "GET /v1/evaluation/:id";
 const ENVIRONMENT: EnvironmentId = EnvironmentId(3);
 
-/// A fake Nomad on an ephemeral port, served until dropped.
-struct Fake {
-    nomad: FakeNomad,
-    address: String,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-async fn fake(config: FakeNomadConfig) -> Fake {
-    let nomad = FakeNomad::new(config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
-    let address = format!("http://{}", listener.local_addr().expect("bound"));
-    let serving = nomad.clone();
-    let server = tokio::spawn(async move {
-        let _ = serving.serve(listener).await;
-    });
-    Fake {
-        nomad,
-        address,
-        server,
-    }
-}
-
-fn executor(fake: &Fake, options: NomadOptions) -> NomadExecutor<MaybeTls<TcpConnector>> {
+fn executor(fake: &ServedNomad, options: NomadOptions) -> NomadExecutor<MaybeTls<TcpConnector>> {
     let config = NomadConfig::new(fake.address.clone());
     let client = NomadClient::connect_tcp(&config, SplitMix64::new(1)).expect("a client");
     let exec = ExecClient::connect_tcp(&config, ExecConfig::default(), SplitMix64::new(2))
@@ -82,7 +53,7 @@ fn patient() -> NomadOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_complete_through_the_event_stream_without_polling() {
-    let fake = fake(FakeNomadConfig::default()).await;
+    let fake = ServedNomad::start(FakeNomadConfig::default()).await;
     let executor = executor(&fake, patient());
     let started = Instant::now();
     executor
@@ -107,7 +78,7 @@ async fn registrations_complete_through_the_event_stream_without_polling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_event_stream_falls_back_to_polling_the_evaluation() {
-    let fake = fake(FakeNomadConfig::default()).await;
+    let fake = ServedNomad::start(FakeNomadConfig::default()).await;
     fake.nomad
         .inject(Fault::StallEventStreams(true))
         .expect("stall");
@@ -135,7 +106,7 @@ async fn a_silent_event_stream_falls_back_to_polling_the_evaluation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_failure_is_an_error_whichever_path_reports_it() {
-    let fake = fake(FakeNomadConfig::default()).await;
+    let fake = ServedNomad::start(FakeNomadConfig::default()).await;
     let executor = executor(&fake, patient());
     executor
         .register_environment(ENVIRONMENT, spec())
@@ -177,7 +148,7 @@ async fn a_placement_failure_is_an_error_whichever_path_reports_it() {
 async fn an_evaluation_that_never_finishes_is_a_timeout_not_a_success() {
     // The scheduler takes a minute: neither the stream nor a poll can report the evaluation
     // finished within the registration's bound.
-    let fake = fake(FakeNomadConfig {
+    let fake = ServedNomad::start(FakeNomadConfig {
         schedule_delay: Duration::from_secs(60),
         ..FakeNomadConfig::default()
     })

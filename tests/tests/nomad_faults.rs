@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use trident_sim::nomad::{FakeNomad, FakeNomadConfig, Fault};
-use trident_tests::Server;
+use trident_tests::{ServedNomad, Server};
 
 const STREAM: &str = "GET /v1/event/stream";
 const REGISTER: &str = "PUT /v1/jobs";
@@ -40,63 +40,30 @@ struct Cluster {
     nomad: FakeNomad,
     address: String,
     server: Server,
-    serving: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.serving.abort();
-    }
-}
-
-/// The fake Nomad served on an ephemeral port, before any Trident talks to it.
-struct Served {
-    nomad: FakeNomad,
-    address: String,
-    serving: tokio::task::JoinHandle<()>,
-}
-
-impl Served {
-    async fn start(config: FakeNomadConfig) -> Served {
-        let nomad = FakeNomad::new(config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let address = format!("http://{}", listener.local_addr().expect("bound"));
-        let serving = {
-            let nomad = nomad.clone();
-            tokio::spawn(async move {
-                let _ = nomad.serve(listener).await;
-            })
-        };
-        Served {
-            nomad,
-            address,
-            serving,
-        }
-    }
+    /// Serves `nomad` until the cluster is dropped.
+    _served: ServedNomad,
 }
 
 impl Cluster {
     async fn start(config: FakeNomadConfig, extra: &[&str]) -> Cluster {
-        Cluster::attach(Served::start(config).await, extra).await
+        Cluster::attach(ServedNomad::start(config).await, extra).await
     }
 
     /// A `trident --backend nomad` in front of a fake that may already hold jobs.
-    async fn attach(served: Served, extra: &[&str]) -> Cluster {
-        let Served {
-            nomad,
-            address,
-            serving,
-        } = served;
-        let mut args = vec!["--backend", "nomad", "--nomad-address", address.as_str()];
+    async fn attach(served: ServedNomad, extra: &[&str]) -> Cluster {
+        let mut args = vec![
+            "--backend",
+            "nomad",
+            "--nomad-address",
+            served.address.as_str(),
+        ];
         args.extend_from_slice(extra);
         let server = Server::start(&args).await;
         Cluster {
-            nomad,
-            address,
+            nomad: served.nomad.clone(),
+            address: served.address.clone(),
             server,
-            serving,
+            _served: served,
         }
     }
 
@@ -642,7 +609,7 @@ async fn a_runner_left_unplaced_by_a_dead_trident_is_purged_by_the_next_one() {
     use trident_backends::nomad::jobs::{self, JobSettings};
     use trident_core::{EnvironmentId, EnvironmentSpec, RunnerId};
 
-    let served = Served::start(fast()).await;
+    let served = ServedNomad::start(fast()).await;
     let spec = EnvironmentSpec {
         prewarming_pool_size: 1,
         cpu_limit: 100,
