@@ -125,6 +125,7 @@ impl Fake {
 
     /// Polls the job's allocations until one has `client_status`; returns it.
     async fn wait_alloc(&self, job: &str, client_status: &str) -> Value {
+        // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
         let deadline = Instant::now() + WAIT;
         loop {
             let (_, allocs, _) = self.get(&format!("/v1/job/{job}/allocations")).await;
@@ -135,6 +136,7 @@ impl Fake {
                 return alloc.clone();
             }
             assert!(
+                // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
                 Instant::now() < deadline,
                 "no {client_status} allocation for {job}: {allocs}"
             );
@@ -177,6 +179,7 @@ struct EventStream {
 impl EventStream {
     /// The next NDJSON line (heartbeats included); `None` at the end of the stream.
     async fn line(&mut self, wait: Duration) -> Option<Value> {
+        // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
         let deadline = Instant::now() + wait;
         loop {
             if let Some(pos) = self.buffer.iter().position(|&b| b == b'\n') {
@@ -609,6 +612,7 @@ async fn event_stream_sends_heartbeats() {
     })
     .await;
     let mut stream = fake.subscribe("").await;
+    // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
     let started = Instant::now();
     for _ in 0..3 {
         assert_eq!(stream.line(Duration::from_secs(2)).await, Some(json!({})));

@@ -513,6 +513,7 @@ impl Client {
             }
             match kind {
                 "start" => {
+                    // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
                     started = Some(tokio::time::Instant::now());
                     if let Some(input) = stdin
                         && socket.send(Message::Text(input.into())).await.is_err()

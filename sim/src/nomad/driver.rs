@@ -330,6 +330,7 @@ impl Process {
     /// The interactive wrapper: stderr onto the fifo, the variables, then the command.
     async fn interactive(&mut self, decoded: commands::DecodedExecution) -> i32 {
         if let Some(fifo) = &decoded.fifo {
+            // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
             let deadline = tokio::time::Instant::now()
                 + Duration::from_secs(u64::from(commands::STDERR_MAIN_WAIT_S));
             loop {
@@ -337,6 +338,7 @@ impl Process {
                     self.stderr_to = Some(writer);
                     break;
                 }
+                // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
                 if tokio::time::Instant::now() >= deadline {
                     // No reader: stderr stays on the terminal, as in the script.
                     break;
@@ -366,6 +368,7 @@ impl Process {
             alloc_id: self.alloc_id.clone(),
             path: fifo.path().to_owned(),
         };
+        // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs(u64::from(commands::STDERR_READER_WAIT_S));
         let mut named = true;
@@ -380,6 +383,7 @@ impl Process {
                 () = tokio::time::sleep(FIFO_POLL), if named => {
                     if !self.nomad.fifo_exists(&self.alloc_id, fifo.path()) {
                         named = false;
+                    // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
                     } else if tokio::time::Instant::now() >= deadline {
                         // Nobody took it: remove the name (and with it the last writer).
                         drop(self.nomad.take_fifo(&self.alloc_id, fifo.path()));

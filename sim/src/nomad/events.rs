@@ -283,6 +283,7 @@ impl Subscription {
             generation,
             heartbeat_interval,
             // tokio's clock: paused and advanced by the simulation.
+            // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
             heartbeat_due: Instant::now() + heartbeat_interval,
             queue,
         }
@@ -332,6 +333,7 @@ impl Subscription {
             if stalled {
                 // Heartbeats that fell due during a stall are not sent afterwards.
                 // tokio's clock: paused and advanced by the simulation.
+                // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
                 let now = Instant::now();
                 while self.heartbeat_due <= now {
                     self.heartbeat_due += self.heartbeat_interval;

@@ -146,6 +146,7 @@ impl FakeNomad {
                 state: Mutex::new(state),
                 fifos: Mutex::new(BTreeMap::new()),
                 // tokio's clock: paused and advanced by the simulation.
+                // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
                 start: Instant::now(),
                 wake,
                 timer_wake: Arc::clone(&timer_wake),
