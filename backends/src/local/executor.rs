@@ -517,29 +517,30 @@ impl Executor for LocalExecutor {
             .iter()
             .map(|(id, spec)| (*id, (**spec).clone()))
             .collect();
+        // Starts first: a start adds its runner to `runners` before it leaves `starting`, so
+        // a start seen here is in `runners` below unless it failed (read the other way round,
+        // a start ending between the two reads would be in neither).
+        let mut starting = lock(&self.starting).clone();
         let mut runners: Vec<InventoryRunner> = lock(&self.runners)
             .iter()
-            .map(|(id, local)| InventoryRunner {
-                id: *id,
-                status: if local.sandbox.is_alive() {
-                    InventoryStatus::Running(local.ports.clone())
-                } else {
-                    InventoryStatus::Pending
-                },
-                mark: local.mark,
+            .map(|(id, local)| {
+                starting.remove(id);
+                InventoryRunner {
+                    id: *id,
+                    status: if local.sandbox.is_alive() {
+                        InventoryStatus::Running(local.ports.clone())
+                    } else {
+                        InventoryStatus::Pending
+                    },
+                    mark: local.mark,
+                }
             })
             .collect();
-        let listed: BTreeSet<RunnerId> = runners.iter().map(|runner| runner.id).collect();
-        runners.extend(
-            lock(&self.starting)
-                .iter()
-                .filter(|id| !listed.contains(id))
-                .map(|id| InventoryRunner {
-                    id: *id,
-                    status: InventoryStatus::Pending,
-                    mark: RunnerMark::Idle,
-                }),
-        );
+        runners.extend(starting.into_iter().map(|id| InventoryRunner {
+            id,
+            status: InventoryStatus::Pending,
+            mark: RunnerMark::Idle,
+        }));
         Ok(Inventory {
             as_of,
             environments,
