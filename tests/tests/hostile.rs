@@ -1758,22 +1758,22 @@ async fn flood_stdin_and_read_late(
 /// the first try nearly always.
 const LATE_READER_ROUNDS: usize = 3;
 
-#[tokio::test]
-async fn a_client_flooding_stdin_gets_the_output_limit_error_before_the_close() {
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let (server, runner) = server_with_runner(&["--max-output-bytes", "1000000"], 128).await;
+/// What an execution killed by `--max-output-bytes 1000000` says, start to end.
+fn output_limit_ending() -> Value {
+    json!([
+        {"type": "start"},
+        {"type": "error", "data": "the output exceeded the limit of 1000000 bytes; the command was killed"}
+    ])
+}
+
+/// Runs `request` [`LATE_READER_ROUNDS`] times with a client that floods stdin and reads late;
+/// each round must end with exactly the `expected` control messages, a close 1000 and no
+/// read error (a reset would have cost the client the final message).
+async fn floods_end_with(server: &Server, runner: &str, request: Value, expected: Value) {
     for round in 0..LATE_READER_ROUNDS {
-        let reader = flood_stdin_and_read_late(
-            &server,
-            &runner,
-            json!({"command": "yes flood"}),
-            Duration::from_millis(200),
-        )
-        .await;
-        let expected = json!([
-            {"type": "start"},
-            {"type": "error", "data": "the output exceeded the limit of 1000000 bytes; the command was killed"}
-        ]);
+        let reader =
+            flood_stdin_and_read_late(server, runner, request.clone(), Duration::from_millis(200))
+                .await;
         assert_eq!(
             Value::Array(reader.controls.clone()),
             expected,
@@ -1782,6 +1782,19 @@ async fn a_client_flooding_stdin_gets_the_output_limit_error_before_the_close() 
         assert_eq!(reader.close, Some(1000), "round {round}: {reader:?}");
         assert_eq!(reader.error, None, "round {round}");
     }
+}
+
+#[tokio::test]
+async fn a_client_flooding_stdin_gets_the_output_limit_error_before_the_close() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (server, runner) = server_with_runner(&["--max-output-bytes", "1000000"], 128).await;
+    floods_end_with(
+        &server,
+        &runner,
+        json!({"command": "yes flood"}),
+        output_limit_ending(),
+    )
+    .await;
     assert_healthy(&server).await;
 }
 
@@ -1789,27 +1802,17 @@ async fn a_client_flooding_stdin_gets_the_output_limit_error_before_the_close() 
 async fn a_client_flooding_stdin_gets_the_timeout_before_the_close() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let (server, runner) = server_with_runner(&[], 128).await;
-    for round in 0..LATE_READER_ROUNDS {
-        // `cat` takes the flood (`<&0`: a background job's input is /dev/null otherwise), so
-        // that the interrupt usually finds room in the terminal's input and the command ends at
-        // once: the server then closes while the client still reads the output ahead of the
-        // final message.
-        let reader = flood_stdin_and_read_late(
-            &server,
-            &runner,
-            json!({"command": "stty -echo; cat <&0 > /dev/null & yes flood", "timeLimit": 1}),
-            Duration::from_millis(200),
-        )
-        .await;
-        let kinds: Vec<&str> = reader
-            .controls
-            .iter()
-            .filter_map(|message| message["type"].as_str())
-            .collect();
-        assert_eq!(kinds, ["start", "timeout"], "round {round}: {reader:?}");
-        assert_eq!(reader.close, Some(1000), "round {round}: {reader:?}");
-        assert_eq!(reader.error, None, "round {round}");
-    }
+    // `cat` takes the flood (`<&0`: a background job's input is /dev/null otherwise), so that
+    // the interrupt usually finds room in the terminal's input and the command ends at once:
+    // the server then closes while the client still reads the output ahead of the final
+    // message.
+    floods_end_with(
+        &server,
+        &runner,
+        json!({"command": "stty -echo; cat <&0 > /dev/null & yes flood", "timeLimit": 1}),
+        json!([{"type": "start"}, {"type": "timeout"}]),
+    )
+    .await;
     assert_healthy(&server).await;
 }
 
@@ -2281,26 +2284,13 @@ mod nomad {
     async fn a_client_flooding_stdin_past_the_output_limit_gets_the_error_before_the_close() {
         let _alone = ONE_AT_A_TIME.lock().await;
         let (_nomad, server, runner) = server(&["--max-output-bytes", "1000000"]).await;
-        for round in 0..LATE_READER_ROUNDS {
-            let reader = flood_stdin_and_read_late(
-                &server,
-                &runner,
-                json!({"command": "cat"}),
-                Duration::from_millis(200),
-            )
-            .await;
-            let expected = json!([
-                {"type": "start"},
-                {"type": "error", "data": "the output exceeded the limit of 1000000 bytes; the command was killed"}
-            ]);
-            assert_eq!(
-                Value::Array(reader.controls.clone()),
-                expected,
-                "round {round}: {reader:?}"
-            );
-            assert_eq!(reader.close, Some(1000), "round {round}: {reader:?}");
-            assert_eq!(reader.error, None, "round {round}");
-        }
+        floods_end_with(
+            &server,
+            &runner,
+            json!({"command": "cat"}),
+            output_limit_ending(),
+        )
+        .await;
         assert_healthy(&server).await;
     }
 
