@@ -4,7 +4,9 @@
 //! - off: no InfluxDB (Prometheus metrics are always recorded);
 //! - reachable: InfluxDB writes to a real VictoriaMetrics;
 //! - unreachable: InfluxDB writes to a port that accepts connections and never answers, so
-//!   every write hangs until its timeout and the buffer overflows.
+//!   every write hangs until its 5 s timeout and its batch is dropped (counted as a failed
+//!   write); points arriving meanwhile wait in the bounded buffer, and would be dropped as
+//!   "buffer full" beyond its 10,000.
 //!
 //! Each batch refills every pool, then claims the whole pool of every server, one claim per
 //! server in turn (starting with a different server each batch), then releases the runners.

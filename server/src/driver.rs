@@ -363,7 +363,8 @@ impl<E: Executor> Driver<E> {
             }
             self.drain();
         }
-        // Executions end with an error message: their runners are going away.
+        // Whatever still watches a lease learns it is over. The API's executions have ended
+        // already: they watch the same shutdown (`api::Executions`) and prefer it.
         for (_, lease) in std::mem::take(&mut self.leases) {
             let _ = lease.send(Some(LeaseEndCause::Released));
         }

@@ -17,6 +17,7 @@ pub mod monitoring;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,10 @@ use trident_backends::nomad::exec::{ExecClient, ExecConfig};
 use trident_backends::nomad::executor::{NomadExecutor, NomadOptions};
 use trident_backends::nomad::retry::Entropy;
 use trident_core::{IdSource, Manager, ManagerConfig, Uuid};
+
+/// How long a stopping server waits for its executions to end. Each is bounded on its own: at
+/// most 5 s for its final message, 5 s for its close frame and 5 s for the client's answer.
+const EXECUTIONS_STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// Fresh ids from the operating system's randomness: runner and execution ids are capabilities
 /// (whoever knows one can use the runner), so they must not be guessable.
@@ -186,7 +191,9 @@ where
         ids: Mutex::new((options.ids.0)()),
         monitor,
         limits: options.api,
+        executions: api::Executions::new(shutdown.child_token()),
     });
+    let executions_state = Arc::clone(&state);
     let router =
         api::router(state).layer(axum::extract::DefaultBodyLimit::max(options.max_body_bytes));
     let stop = shutdown.clone();
@@ -196,6 +203,16 @@ where
     };
     let task = tokio::spawn(async move {
         let served = limits::serve(listener, router, http, stop).await;
+        // Upgraded connections are no longer the HTTP server's: the executions on them end
+        // now, each within its own bounds (the final message, the command's kill, the close).
+        let still_running = executions_state
+            .executions
+            .wait(EXECUTIONS_STOP_GRACE)
+            .await;
+        if still_running > 0 {
+            tracing::warn!(still_running, "executions did not end in time at shutdown");
+        }
+        drop(executions_state);
         let _ = driver.await;
         if let Some(sampler) = pool_sampler {
             let _ = sampler.await;

@@ -350,6 +350,17 @@ impl Server {
 
     /// Runs a command over the WebSocket, sending `input` after `start`; returns every message.
     pub async fn run(&self, runner: &str, body: Value, input: Option<&str>) -> Conversation {
+        let at_start = input.map_or(AtStart::Nothing, AtStart::Input);
+        self.converse(runner, body, at_start).await
+    }
+
+    /// Runs a command over the WebSocket and sends the server SIGTERM once it has started;
+    /// returns every message until the close.
+    pub async fn run_until_terminated(&self, runner: &str, body: Value) -> Conversation {
+        self.converse(runner, body, AtStart::Terminate).await
+    }
+
+    async fn converse(&self, runner: &str, body: Value, at_start: AtStart<'_>) -> Conversation {
         let url = self.execute_url(runner, body).await;
         let (mut socket, _) = tokio_tungstenite::connect_async(&url)
             .await
@@ -361,13 +372,18 @@ impl Server {
                 match message.expect("a frame") {
                     Message::Text(text) => {
                         let value: Value = serde_json::from_str(&text).expect("JSON message");
-                        if value["type"] == "start"
-                            && let Some(input) = input
-                        {
-                            socket
-                                .send(Message::Text(input.into()))
-                                .await
-                                .expect("stdin");
+                        if value["type"] == "start" {
+                            match at_start {
+                                AtStart::Nothing => {}
+                                AtStart::Input(input) => socket
+                                    .send(Message::Text(input.into()))
+                                    .await
+                                    .expect("stdin"),
+                                AtStart::Terminate => {
+                                    let _ =
+                                        Command::new("kill").arg(self.pid().to_string()).status();
+                                }
+                            }
                         }
                         conversation.messages.push(value);
                     }
@@ -384,6 +400,14 @@ impl Server {
         conversation.elapsed = started.elapsed();
         conversation
     }
+}
+
+/// What a conversation does once the command has started.
+#[derive(Clone, Copy)]
+enum AtStart<'a> {
+    Nothing,
+    Input(&'a str),
+    Terminate,
 }
 
 impl Server {

@@ -736,22 +736,10 @@ async fn executions_on_different_runners_run_concurrently() {
 }
 
 #[tokio::test]
-async fn sigterm_ends_executions_with_an_error_and_removes_every_sandbox() {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
+async fn sigterm_ends_executions_with_a_going_away_error_and_removes_every_sandbox() {
     let mut server = Server::start(&[]).await;
     server.environment(1, 2, 128).await;
     let runner = server.claim(1, 0).await;
-    let url = server
-        .execute_url(&runner, json!({"command": "sleep 1000"}))
-        .await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .expect("connects");
-    let Some(Ok(Message::Text(start))) = socket.next().await else {
-        panic!("no start message");
-    };
-    assert!(start.contains("start"));
     let runner_dirs = |dir: &std::path::Path| {
         std::fs::read_dir(dir)
             .map(|entries| {
@@ -767,25 +755,16 @@ async fn sigterm_ends_executions_with_an_error_and_removes_every_sandbox() {
         "the pool's runners live in the state dir"
     );
 
-    let _ = std::process::Command::new("kill")
-        .arg(server.pid().to_string())
-        .status();
-    let mut last = None;
-    let ended = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(message) = socket.next().await {
-            match message {
-                Ok(Message::Text(text)) => {
-                    last = Some(serde_json::from_str::<Value>(&text).expect("JSON"))
-                }
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the execution did not end on SIGTERM");
-    let last = last.expect("a final message");
-    assert_eq!(last["type"], "error", "{last}");
+    let run = server
+        .run_until_terminated(&runner, json!({"command": "sleep 1000"}))
+        .await;
+    assert_eq!(run.kinds(), ["start", "error"], "{run:?}");
+    assert!(
+        run.text("error").contains("shutting down"),
+        "{:?}",
+        run.messages
+    );
+    assert_eq!(run.close, Some(CloseCode::Away), "closed as going away");
     let status = server.terminate().expect("the server exits by itself");
     assert!(status.success(), "{status:?}");
     assert_eq!(

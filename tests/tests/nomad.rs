@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use trident_sim::nomad::FakeNomadConfig;
 use trident_tests::{ServedNomad, Server};
 
@@ -141,6 +142,25 @@ async fn files_and_executions_go_through_nomad_exec() {
     let missing = server.client.get(&missing).send().await.expect("download");
     assert_eq!(missing.status(), 424);
     assert_eq!(server.copy(&runner, "../escape.txt", b"x").await, 400);
+}
+
+/// Nomad's runners outlive the server, so nothing but the server ends an execution at
+/// shutdown: it tells the client and closes as going away rather than dropping the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_executions_with_a_going_away_error() {
+    let served = ServedNomad::start(FakeNomadConfig::default()).await;
+    let address = served.address.clone();
+    let mut server = Server::start(&["--backend", "nomad", "--nomad-address", &address]).await;
+    server.environment(1, 1, 128).await;
+    let runner = server.claim(1, 0).await;
+    let run = server
+        .run_until_terminated(&runner, serde_json::json!({"command": "sleep 1000"}))
+        .await;
+    assert_eq!(run.kinds(), ["start", "error"], "{run:?}");
+    assert!(run.text("error").contains("shutting down"), "{run:?}");
+    assert_eq!(run.close, Some(CloseCode::Away), "{run:?}");
+    let status = server.terminate().expect("the server exits by itself");
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

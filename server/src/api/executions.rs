@@ -35,7 +35,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
 use trident_backends::{ExecutionEvent, Executor, RunningExecution};
 use trident_core::{DownCause, ExecutionId, Input, LeaseEndCause, RunnerId};
@@ -72,6 +72,36 @@ const CLOSE_DRAIN_BYTES_MAX: usize = 16 * 1024 * 1024;
 const OOM_MESSAGE: &str = "the allocation was OOM Killed";
 const STOPPED_MESSAGE: &str = "the allocation stopped as expected";
 const GENERIC_MESSAGE: &str = "Error executing the request";
+const SHUTTING_DOWN_MESSAGE: &str = "the server is shutting down; the command was stopped";
+
+/// The owner of the executions' WebSocket tasks. axum runs each upgraded connection in a task
+/// of its own, detached; every execution's work is tracked here instead, so that the server
+/// ends them when it stops and waits for them (bounded) before it exits. Ending one on
+/// shutdown stops its command, tells its client with an `error` message and closes with 1001
+/// (going away).
+#[derive(Debug)]
+pub struct Executions {
+    tracker: TaskTracker,
+    stopping: CancellationToken,
+}
+
+impl Executions {
+    /// Executions end when `stopping` is cancelled.
+    pub fn new(stopping: CancellationToken) -> Executions {
+        Executions {
+            tracker: TaskTracker::new(),
+            stopping,
+        }
+    }
+
+    /// Waits until every execution has ended, for at most `grace`; returns how many were still
+    /// running then (they end with the process). Call once `stopping` is cancelled.
+    pub async fn wait(&self, grace: Duration) -> usize {
+        self.tracker.close();
+        let _ = tokio::time::timeout(grace, self.tracker.wait()).await;
+        self.tracker.len()
+    }
+}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -172,32 +202,36 @@ pub(super) async fn websocket<E: Executor>(
         Err(rejection) => return Ok(rejection.into_response()),
     };
     let span = tracing::info_span!("execution", runner_id = %runner, execution_id = %execution);
+    let executions = state.executions.tracker.clone();
     Ok(upgrade.on_upgrade(move |socket| {
         let connected = Instant::now();
-        async move {
-            let (ending, drain) = run(Arc::clone(&state), runner, execution, body, socket).await;
-            // Poseidon measured `/websocket` over the whole execution (its handler blocked
-            // until the end); so does Trident, from the upgrade request's arrival.
-            let ids = RequestIds {
-                runner: Some(runner),
-                environment: Some(runner.environment()),
-            };
-            state.monitor.request(
-                WEBSOCKET,
-                StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-                request_start.elapsed(),
-                ids,
-                None,
-            );
-            state
-                .monitor
-                .execution_finished(ending.outcome(), connected.elapsed());
-            // Measured without it: waiting for the client's close frame is not the execution.
-            if let Some(drain) = drain {
-                drain.finish().await;
+        executions.track_future(
+            async move {
+                let (ending, drain) =
+                    run(Arc::clone(&state), runner, execution, body, socket).await;
+                // Poseidon measured `/websocket` over the whole execution (its handler blocked
+                // until the end); so does Trident, from the upgrade request's arrival.
+                let ids = RequestIds {
+                    runner: Some(runner),
+                    environment: Some(runner.environment()),
+                };
+                state.monitor.request(
+                    WEBSOCKET,
+                    StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+                    request_start.elapsed(),
+                    ids,
+                    None,
+                );
+                state
+                    .monitor
+                    .execution_finished(ending.outcome(), connected.elapsed());
+                // Measured without it: waiting for the client's close frame is not the execution.
+                if let Some(drain) = drain {
+                    drain.finish().await;
+                }
             }
-        }
-        .instrument(span)
+            .instrument(span),
+        )
     }))
 }
 
@@ -251,7 +285,10 @@ impl Ending {
         match self {
             Ending::Exited(_) => "exit",
             Ending::TimeLimit | Ending::LeaseEnded(LeaseEndCause::InactivityTimeout) => "timeout",
-            Ending::LeaseEnded(_) | Ending::Failed | Ending::OutputLimit(_) => "error",
+            Ending::LeaseEnded(_)
+            | Ending::Failed
+            | Ending::OutputLimit(_)
+            | Ending::ShuttingDown => "error",
             Ending::ClientClosed | Ending::MessageTooBig => "client_closed",
         }
     }
@@ -269,6 +306,8 @@ enum Ending {
     OutputLimit(u64),
     /// The client sent a message over the WebSocket message limit.
     MessageTooBig,
+    /// The server is stopping.
+    ShuttingDown,
 }
 
 /// Runs one execution over its WebSocket. Returns how it ended and, unless the client's close
@@ -298,21 +337,23 @@ async fn run<E: Executor>(
     // The time limit counts from `start`, as the client sees it: a backend slow to open the
     // command (Nomad's exec under a partition) does not stretch it.
     let deadline = body.deadline(Instant::now());
+    let stopping = &state.executions.stopping;
     let opened = tokio::select! {
         biased;
-        opened = state.executor.execute(runner, body.request()) => Some(opened),
-        () = sleep_until(deadline) => None,
+        () = stopping.cancelled() => Err(Ending::ShuttingDown),
+        opened = state.executor.execute(runner, body.request()) => Ok(opened),
+        () = sleep_until(deadline) => Err(Ending::TimeLimit),
     };
     // A command that outlived its limit or the lease is stopped after the client has its final
     // message: stopping may wait (an interrupt's grace, a slow backend), the answer need not.
     let mut to_stop = None;
     let (ending, stream) = match opened {
-        None => (Ending::TimeLimit, Some(stream)),
-        Some(Err(error)) => {
+        Err(ending) => (ending, Some(stream)),
+        Ok(Err(error)) => {
             tracing::warn!(%error, "the execution could not start");
             (Ending::Failed, Some(stream))
         }
-        Some(Ok(mut process)) => {
+        Ok(Ok(mut process)) => {
             // The input pump holds the reading half while the command runs; it ends by itself
             // when the client closes, and is stopped when the execution ends first. Either way
             // it hands the reading half back, to be drained.
@@ -329,6 +370,7 @@ async fn run<E: Executor>(
                 lease: &mut lease,
                 lease_open: true,
                 closed: &mut closed,
+                stopping,
             };
             let ending = pump_output(
                 &mut process,
@@ -367,10 +409,12 @@ async fn run<E: Executor>(
         ) => Some(ServerMessage::Error(STOPPED_MESSAGE)),
         Ending::LeaseEnded(_) | Ending::Failed => Some(ServerMessage::Error(GENERIC_MESSAGE)),
         Ending::OutputLimit(_) => Some(ServerMessage::Error(&output_limit_message)),
+        Ending::ShuttingDown => Some(ServerMessage::Error(SHUTTING_DOWN_MESSAGE)),
         Ending::ClientClosed | Ending::MessageTooBig => None,
     };
     let close = match ending {
         Ending::MessageTooBig => close_too_big(state.limits.websocket_message_bytes_max),
+        Ending::ShuttingDown => close_going_away(),
         _ => close_normal(),
     };
     let closing = async {
@@ -462,12 +506,13 @@ async fn while_draining(closing: impl Future<Output = ()>, drain: Option<Drain>)
 }
 
 /// What ends an execution besides its own exit: the time limit, the end of the lease, the
-/// client's close.
+/// client's close, the server's shutdown.
 struct Watch<'a> {
     deadline: Option<Instant>,
     lease: &'a mut crate::driver::LeaseWatch,
     lease_open: bool,
     closed: &'a mut oneshot::Receiver<ClientGone>,
+    stopping: &'a CancellationToken,
 }
 
 impl Watch<'_> {
@@ -476,6 +521,8 @@ impl Watch<'_> {
         loop {
             tokio::select! {
                 biased;
+                // First: at shutdown the driver also ends every lease (as released), later.
+                () = self.stopping.cancelled() => return Ending::ShuttingDown,
                 gone = &mut *self.closed => return match gone {
                     Ok(ClientGone::TooBig) => Ending::MessageTooBig,
                     Ok(ClientGone::Closed) | Err(_) => Ending::ClientClosed,
@@ -560,8 +607,12 @@ enum ServerText {
 /// Stops a command that did not exit by itself: interrupt as Ctrl-\ does (unless the runner is
 /// gone anyway), then kill the process tree after a grace period.
 async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
-    // A runaway output is killed at once: an interrupt would leave it time to write more.
-    if !matches!(ending, Ending::LeaseEnded(_) | Ending::OutputLimit(_)) {
+    // A runaway output is killed at once: an interrupt would leave it time to write more. At
+    // shutdown nobody waits for the command's last words.
+    if !matches!(
+        ending,
+        Ending::LeaseEnded(_) | Ending::OutputLimit(_) | Ending::ShuttingDown
+    ) {
         process.interrupt();
         let exited = tokio::time::timeout(INTERRUPT_GRACE, async {
             while let Some(event) = process.next_event().await {
@@ -681,6 +732,14 @@ fn close_too_big(limit: usize) -> Message {
     Message::Close(Some(CloseFrame {
         code: 1009,
         reason: format!("a message exceeded {limit} bytes").into(),
+    }))
+}
+
+/// 1001, "going away": the server is stopping (RFC 6455 §7.4.1).
+fn close_going_away() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: 1001,
+        reason: "the server is shutting down".into(),
     }))
 }
 

@@ -7,6 +7,7 @@
 pub mod bodies;
 mod environments;
 mod executions;
+pub use executions::Executions;
 mod files;
 mod health;
 pub mod openapi;
@@ -53,6 +54,8 @@ pub struct AppState<E> {
     pub limits: crate::limits::ApiLimits,
     /// Where measurements go.
     pub monitor: Arc<Monitor>,
+    /// The executions' WebSocket tasks, ended and awaited at shutdown.
+    pub executions: Executions,
 }
 
 impl<E> std::fmt::Debug for AppState<E> {
