@@ -467,7 +467,7 @@ async fn dropping_an_execution_kills_its_process_tree() {
 }
 
 #[tokio::test]
-async fn interrupt_sends_sigquit_through_the_terminal() {
+async fn interrupt_sends_sigquit_to_the_command() {
     let f = fixture().await;
     let sb = f.plain("interrupt").await;
     let mut execution = sb.exec(ExecSpec::shell("sleep 100")).await.expect("start");
@@ -480,6 +480,36 @@ async fn interrupt_sends_sigquit_through_the_terminal() {
         .expect("ends");
     assert_eq!(status.code(), 131);
     assert_eq!(status.signal(), Some(3));
+    sb.destroy().await.expect("destroy");
+}
+
+#[tokio::test]
+async fn interrupt_reaches_a_command_whose_terminal_input_is_full() {
+    let f = fixture().await;
+    let sb = f.plain("interrupt-full").await;
+    let mut execution = sb.exec(ExecSpec::shell("sleep 100")).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // sleep reads nothing: lines queue in the terminal until it takes no more, then in the
+    // execution's stdin queue until that is full too.
+    let stdin = execution.stdin();
+    let mut line = vec![b'y'; 1023];
+    line.push(b'\n');
+    let line = bytes::Bytes::from(line);
+    let mut full = false;
+    for _ in 0..1_024 {
+        let sent = tokio::time::timeout(Duration::from_millis(200), stdin.send(line.clone())).await;
+        if sent.is_err() {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "1 MiB of stdin fit: the terminal never filled");
+    execution.interrupt().expect("interrupt");
+    let status = tokio::time::timeout(Duration::from_secs(5), execution.wait())
+        .await
+        .expect("SIGQUIT ends sleep though the terminal takes no input")
+        .expect("ends");
+    assert_eq!(status.signal(), Some(3), "{status:?}");
     sb.destroy().await.expect("destroy");
 }
 

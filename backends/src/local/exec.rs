@@ -32,8 +32,6 @@ const READ_CHUNK: usize = 8192;
 /// After the command exited, output still held by background processes is awaited this long.
 /// Output the command itself wrote is read completely anyway: its end is the pty's end-of-file.
 pub const OUTPUT_LINGER: Duration = Duration::from_millis(100);
-/// The byte the terminal turns into SIGQUIT (`Ctrl-\`), what Poseidon sends on a timeout.
-pub const SIGQUIT_BYTE: u8 = 0x1c;
 /// How much [`Execution::collect`] keeps of each stream.
 pub const COLLECT_MAX_BYTES: usize = 16 * 1024 * 1024;
 
@@ -161,7 +159,6 @@ pub struct Collected {
 pub struct Execution {
     events: mpsc::Receiver<Event>,
     stdin: mpsc::Sender<Bytes>,
-    master: Arc<AsyncFd<OwnedFd>>,
     status: Arc<AsyncFd<OwnedFd>>,
     cgroup: Option<ExecCgroup>,
     pid: i32,
@@ -180,17 +177,15 @@ impl Execution {
             .map_err(|e| ExecError::io("make the pty non-blocking", e))?;
         crate::local::sys::set_nonblocking(stderr.as_fd())
             .map_err(|e| ExecError::io("make the stderr pipe non-blocking", e))?;
-        let master = Arc::new(
-            crate::local::sys::async_fd(master, Interest::READABLE | Interest::WRITABLE)
-                .map_err(|e| ExecError::io("watch the pty", e))?,
-        );
+        let master = crate::local::sys::async_fd(master, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| ExecError::io("watch the pty", e))?;
         let stderr = crate::local::sys::async_fd(stderr, Interest::READABLE)
             .map_err(|e| ExecError::io("watch the stderr pipe", e))?;
         let status = Arc::new(status);
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (stdin, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let task = tokio::spawn(drive(
-            Arc::clone(&master),
+            master,
             stderr,
             Arc::clone(&status),
             stdin_rx,
@@ -199,7 +194,6 @@ impl Execution {
         Ok(Execution {
             events,
             stdin,
-            master,
             status,
             cgroup,
             pid,
@@ -224,18 +218,16 @@ impl Execution {
         self.pid
     }
 
-    /// Interrupts like Poseidon on a timeout: writes `Ctrl-\` (0x1c) to the terminal, ahead of
-    /// queued stdin, which sends SIGQUIT to the foreground process group. A command may ignore
-    /// it; [`Execution::kill`] cannot be ignored.
+    /// Interrupts like Poseidon on a timeout, where `Ctrl-\` (0x1c) written to the terminal
+    /// sends SIGQUIT to the foreground process group: the init sends that SIGQUIT to the
+    /// command's process group itself. Through the terminal it would come only once the
+    /// command had read the input queued before it, and a command that reads no stdin while
+    /// the client keeps sending would never get it. A command may ignore it;
+    /// [`Execution::kill`] cannot be ignored.
     pub fn interrupt(&self) -> Result<(), ExecError> {
-        match nix::unistd::write(self.master.get_ref(), &[SIGQUIT_BYTE]) {
-            Ok(1) => Ok(()),
-            Ok(_) => Err(ExecError::io(
-                "interrupt",
-                std::io::Error::from(std::io::ErrorKind::WriteZero),
-            )),
-            Err(e) => Err(ExecError::io("interrupt (the terminal's input is full)", e)),
-        }
+        // Non-blocking: the status socket only ever holds a few tiny messages.
+        protocol::send(self.status.get_ref().as_fd(), &ExecControl::Interrupt, &[])
+            .map_err(|e| ExecError::io("interrupt", e))
     }
 
     /// Kills the command's whole process tree: everything in its cgroup (which processes
@@ -351,7 +343,7 @@ async fn write_some(fd: &AsyncFd<OwnedFd>, bytes: &[u8]) -> std::io::Result<usiz
 
 /// The execution's I/O task: stdin into the pty, pty and stderr out as events, then the exit.
 async fn drive(
-    master: Arc<AsyncFd<OwnedFd>>,
+    master: AsyncFd<OwnedFd>,
     stderr: AsyncFd<OwnedFd>,
     status: Arc<AsyncFd<OwnedFd>>,
     mut stdin_rx: mpsc::Receiver<Bytes>,

@@ -730,6 +730,12 @@ fn handle_status_socket(r: &Running) -> bool {
             let _ = killpg(r.pid, Signal::SIGKILL);
             false
         }
+        // The command leads its session and process group (`setsid`), which stays the
+        // terminal's foreground group: bash -c runs without job control.
+        Ok(Some((ExecControl::Interrupt, _))) => {
+            let _ = killpg(r.pid, Signal::SIGQUIT);
+            false
+        }
         Ok(None) => true,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
         Err(_) => true,

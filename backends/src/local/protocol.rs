@@ -105,6 +105,9 @@ pub(crate) enum ExecStatus {
 pub(crate) enum ExecControl {
     /// Kill the execution's process group.
     Kill,
+    /// Send SIGQUIT to the execution's process group, as `Ctrl-\` on its terminal would: for a
+    /// terminal whose input is full, which takes no `Ctrl-\` until the command reads.
+    Interrupt,
 }
 
 /// Sends one message with file descriptors. Non-blocking sockets return `WouldBlock` when full.
