@@ -811,6 +811,17 @@ async fn exec_runs_echo_cat_and_exit_codes() {
     let zeros = exec(&fake, &alloc, "head -c 3000 /dev/zero", b"").await;
     assert_eq!(zeros.stdout, vec![0u8; 3000]);
 
+    let lines = exec(&fake, &alloc, "head -n 2", b"one\ntwo\nthree\n").await;
+    assert_eq!(
+        (lines.stdout.as_slice(), lines.exit_code),
+        (&b"one\ntwo\n"[..], Some(0))
+    );
+    let short = exec(&fake, &alloc, "head -n 2; echo after", b"only").await;
+    assert_eq!(
+        short.stdout, b"onlyafter\n",
+        "stdin ended before the second line"
+    );
+
     let sleep = exec(&fake, &alloc, "sleep 0.05; echo slept", b"").await;
     assert_eq!(sleep.stdout, b"slept\n");
 }

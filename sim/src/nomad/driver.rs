@@ -34,7 +34,8 @@
 //!   directory's children), `ls -l --time-style=+%s -1 --literal [--recursive|-R] <path>`,
 //!   `cat <file>…`, `mkdir [-p] <dir>…`, `pwd`;
 //! - workloads: `echo [-n] [-e] …`, `cat` (copies stdin to stdout until stdin closes), `sleep N`
-//!   (tokio time; fractions allowed), `exit N`, `head -c N /dev/zero` (N zero bytes),
+//!   (tokio time; fractions allowed), `exit N`, `head -c N /dev/zero` (N zero bytes), `head -n N`
+//!   (the first N lines of stdin),
 //!   `allocate-memory <MiB>`: more than the task's memory limit OOM-kills the container (the
 //!   allocation restarts with an `oom_killed` task event; the exec ends with 137), otherwise
 //!   exits 0.
@@ -645,6 +646,11 @@ impl Process {
     }
 
     async fn head(&mut self, args: &[&str]) -> i32 {
+        if let ["-n", count] = args
+            && let Ok(lines) = count.parse::<usize>()
+        {
+            return self.head_lines(lines).await;
+        }
         let (count, file) = match args {
             ["-c", count, file] => (count.parse::<u64>().ok(), *file),
             _ => (None, ""),
@@ -660,11 +666,34 @@ impl Process {
                 0
             }
             _ => {
-                self.stderr("head: the fake supports only `head -c N /dev/zero`\n")
+                self.stderr("head: the fake supports only `head -c N /dev/zero` and `head -n N`\n")
                     .await;
                 1
             }
         }
+    }
+
+    /// `head -n N` on stdin: up to its Nth newline, or all of it if stdin ends first. The rest of
+    /// the chunk that holds the Nth newline is dropped, as `head` drops what it read ahead from a
+    /// pipe.
+    async fn head_lines(&mut self, mut lines: usize) -> i32 {
+        while lines > 0 {
+            let Some(chunk) = self.read_stdin().await else {
+                break;
+            };
+            let mut end = chunk.len();
+            for (index, byte) in chunk.iter().enumerate() {
+                if *byte == b'\n' {
+                    lines -= 1;
+                    if lines == 0 {
+                        end = index + 1;
+                        break;
+                    }
+                }
+            }
+            self.stdout(chunk[..end].to_vec()).await;
+        }
+        0
     }
 
     async fn tar(&mut self, args: &[&str]) -> i32 {
