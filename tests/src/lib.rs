@@ -10,9 +10,11 @@
 //! trident-server --bin trident`, same profile and target directory), because cargo only hands
 //! the path of a binary to the tests of its own package.
 
+mod backend;
 mod monitoring;
 mod nomad;
 
+pub use backend::{Backend, OnBackend};
 pub use monitoring::{Metrics, Sample, Series, VictoriaMetrics};
 pub use nomad::ServedNomad;
 

@@ -1,16 +1,93 @@
-//! End-to-end tests: the real `trident` binary on the local backend, driven by real HTTP and
-//! WebSocket clients, following Poseidon's e2e list (`reference/poseidon.md` §10.2) and named
-//! after the behaviour each pins. Each test starts its own server.
+//! End-to-end tests: the real `trident` binary driven by real HTTP and WebSocket clients,
+//! following Poseidon's e2e list (`reference/poseidon.md` §10.2) and named after the behaviour
+//! each pins. Each test starts its own server.
+//!
+//! Every behaviour that does not depend on the backend is one body, `async fn name(backend)`,
+//! run twice by [`on_both_backends!`]: `name::local` on the local backend and `name::nomad` with
+//! `--backend nomad` against the fake Nomad of `trident-sim` over TCP ([`Backend`]). The fake
+//! runs commands in a toy shell (`sim/src/nomad/driver.rs`: `echo`, `cat`, `sleep`, `exit`,
+//! `printenv`, `head`, `;`/`&&`/`||`, no pipes, redirections or expansion) without a
+//! pseudo-terminal, so these bodies use only commands both run, and where the terminal makes the
+//! local backend's output differ (echo of stdin, `\r\n`) the body says so with
+//! [`Backend::newline`] and a comment.
+//!
+//! Local only, each for the reason given:
+//! - `users_differ_by_privilege`: the fake does not model users (everything runs as root) and
+//!   has no `id`;
+//! - `stdin_round_trips_through_cat_and_a_python_prompt`: Ctrl-D ends `cat`'s input only on a
+//!   terminal (the fake has none and Trident never closes an execution's stdin), and the fake
+//!   has no Python;
+//! - `a_memory_breach_kills_the_process_and_the_runner_survives`: the cgroup memory limit kills
+//!   one process; on Nomad an OOM kills and restarts the whole container (the fake's
+//!   `allocate-memory`, pinned by the simulation and `nomad_faults.rs`);
+//! - `traversal_and_symlink_escapes_are_rejected_and_the_host_file_is_untouched`: it plants
+//!   symlinks with `ln` to a host file; the fake has no `ln`, no symlinks and no host (its copy
+//!   refusal of `../` is in `files_are_copied_listed_downloaded_and_confined`);
+//! - `a_fork_bomb_is_contained_and_the_server_stays_responsive`: the fake has no processes, pipes
+//!   or background jobs to bomb with;
+//! - `a_hundred_megabytes_of_output_stream_with_bounded_server_memory`: the command is a pipe
+//!   (`head | tr`); the Nomad output limit under a flood is in the hostile suite;
+//! - `a_client_disconnect_kills_the_process`: it needs `$$`, `kill -0` and loops; the fake drops
+//!   the process with the exec WebSocket, so there is nothing to observe;
+//! - `sigterm_ends_executions_with_a_going_away_error_and_removes_every_sandbox`: sandboxes are
+//!   the local backend's (the going-away error on Nomad is `nomad.rs`'s
+//!   `sigterm_ends_executions_with_a_going_away_error`);
+//! - `the_command_line_client_runs_a_python_file_end_to_end`: Python again (the CLI itself does
+//!   not care about the backend);
+//! - `an_image_mapped_to_a_root_file_system_runs_on_it`: root file systems are the local
+//!   backend's image mapping.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use trident_tests::Server;
+use trident_tests::{Backend, Server};
 
-#[tokio::test]
-async fn health_version_and_unknown_routes() {
-    let server = Server::start(&[]).await;
+/// Runs each `async fn name(backend: Backend)` as two tests, `name::local` and `name::nomad`;
+/// `name [nomad: ignore = "why"]` ignores the Nomad one, saying why. Multi-threaded: a dropped
+/// server blocks its thread while it waits for the process to exit, and the fake Nomad has to
+/// keep serving the server's last calls meanwhile.
+macro_rules! on_both_backends {
+    ($($name:ident $([nomad: ignore = $why:literal])?),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn local() {
+                    super::$name(trident_tests::Backend::Local).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                $(#[ignore = $why])?
+                async fn nomad() {
+                    super::$name(trident_tests::Backend::Nomad).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    health_version_and_unknown_routes,
+    a_token_guards_every_route_but_health_and_version,
+    environments_are_created_read_listed_updated_and_deleted,
+    runners_are_claimed_and_released_with_poseidons_errors,
+    files_are_copied_listed_downloaded_and_confined,
+    executions_stream_output_exit_codes_and_errors,
+    stdin_reaches_the_command,
+    variables_reach_the_command,
+    a_time_limit_ends_the_execution_with_timeout [nomad: ignore =
+        "the fake has no terminal line discipline: the interrupt (Ctrl-\\ on the terminal) does \
+         not end its `sleep`, so the close waits out the 3 s grace and the kill"],
+    the_inactivity_timeout_destroys_the_runner_during_a_long_execution,
+    an_execution_id_works_once_and_only_on_its_runner,
+    claiming_from_an_empty_pool_fails_at_once_with_nomad_overload,
+    malformed_json_is_a_400_with_a_message,
+    a_body_over_the_limit_is_a_413,
+    executions_on_different_runners_run_concurrently,
+);
+
+async fn health_version_and_unknown_routes(backend: Backend) {
+    let server = backend.start(&[]).await;
     let health = server
         .client
         .get(server.url("/health"))
@@ -38,9 +115,8 @@ async fn health_version_and_unknown_routes() {
     assert_eq!(unknown.text().await.expect("body"), "");
 }
 
-#[tokio::test]
-async fn a_token_guards_every_route_but_health_and_version() {
-    let server = Server::start(&["--token", "secret"]).await;
+async fn a_token_guards_every_route_but_health_and_version(backend: Backend) {
+    let server = backend.start(&["--token", "secret"]).await;
     let denied = server
         .client
         .get(server.url("/execution-environments"))
@@ -73,9 +149,8 @@ async fn a_token_guards_every_route_but_health_and_version() {
     assert_eq!(version.status(), 200);
 }
 
-#[tokio::test]
-async fn environments_are_created_read_listed_updated_and_deleted() {
-    let server = Server::start(&[]).await;
+async fn environments_are_created_read_listed_updated_and_deleted(backend: Backend) {
+    let server = backend.start(&[]).await;
     let url = server.url("/execution-environments/42");
     let empty = server.client.put(&url).send().await.expect("put");
     assert_eq!(empty.status(), 400, "an empty body");
@@ -167,9 +242,8 @@ async fn environments_are_created_read_listed_updated_and_deleted() {
     );
 }
 
-#[tokio::test]
-async fn runners_are_claimed_and_released_with_poseidons_errors() {
-    let server = Server::start(&[]).await;
+async fn runners_are_claimed_and_released_with_poseidons_errors(backend: Backend) {
+    let server = backend.start(&[]).await;
     server.environment(1, 1, 128).await;
     let empty = server
         .client
@@ -221,9 +295,8 @@ async fn runners_are_claimed_and_released_with_poseidons_errors() {
     assert_eq!(bogus.status(), 410);
 }
 
-#[tokio::test]
-async fn files_are_copied_listed_downloaded_and_confined() {
-    let (server, runner) = Server::with_runner(128).await;
+async fn files_are_copied_listed_downloaded_and_confined(backend: Backend) {
+    let (server, runner) = backend.with_runner(128).await;
     let files = server.url(&format!("/runners/{runner}/files"));
     let listing: Value = server
         .client
@@ -305,9 +378,8 @@ async fn files_are_copied_listed_downloaded_and_confined() {
     assert_eq!(cat.text("stdout"), "again");
 }
 
-#[tokio::test]
-async fn executions_stream_output_exit_codes_and_errors() {
-    let (server, runner) = Server::with_runner(256).await;
+async fn executions_stream_output_exit_codes_and_errors(backend: Backend) {
+    let (server, runner) = backend.with_runner(256).await;
 
     let ok = server.run(&runner, json!({"command": "true"}), None).await;
     assert_eq!(ok.kinds(), vec!["start", "exit"]);
@@ -320,15 +392,22 @@ async fn executions_stream_output_exit_codes_and_errors() {
     assert_eq!(hello.text("stdout"), "Hello World");
     assert!(!hello.kinds().contains(&"error"));
 
-    let invalid = server
-        .run(&runner, json!({"command": "cat -invalid"}), None)
+    // A failing command's message arrives as stderr, never as stdout. (`cat missing.txt`, not
+    // `cat -invalid`: the fake's `cat` parses no options.)
+    let failed = server
+        .run(&runner, json!({"command": "cat missing.txt"}), None)
         .await;
     assert!(
-        invalid.text("stderr").contains("invalid option"),
-        "{invalid:?}"
+        failed
+            .text("stderr")
+            .contains("missing.txt: No such file or directory"),
+        "{failed:?}"
     );
-    assert!(!invalid.text("stdout").contains("invalid option"));
-    assert_eq!(invalid.last_control()["data"], 1);
+    assert!(
+        !failed.text("stdout").contains("No such file"),
+        "{failed:?}"
+    );
+    assert_eq!(failed.last_control()["data"], 1);
 
     let quote = server
         .run(
@@ -337,13 +416,14 @@ async fn executions_stream_output_exit_codes_and_errors() {
             None,
         )
         .await;
-    assert_eq!(quote.text("stdout"), "single quotes and more\r\n");
+    assert_eq!(
+        quote.text("stdout"),
+        format!("single quotes and more{}", backend.newline())
+    );
 }
 
-#[tokio::test]
-async fn stdin_goes_through_a_terminal_and_users_differ_by_privilege() {
-    let (server, runner) = Server::with_runner(256).await;
-
+async fn stdin_reaches_the_command(backend: Backend) {
+    let (server, runner) = backend.with_runner(256).await;
     let head = server
         .run(
             &runner,
@@ -351,8 +431,21 @@ async fn stdin_goes_through_a_terminal_and_users_differ_by_privilege() {
             Some("Hello World!\n"),
         )
         .await;
-    assert_eq!(head.text("stdout"), "Hello World!\r\nHello World!\r\n");
+    let line = format!("Hello World!{}", backend.newline());
+    // The local backend's stdin is a terminal, which echoes the input before `head` prints its
+    // line (`Hello World!\r\n` twice, as in Poseidon); the fake Nomad has no terminal.
+    let expected = match backend {
+        Backend::Local => line.repeat(2),
+        Backend::Nomad => line,
+    };
+    assert_eq!(head.text("stdout"), expected, "{head:?}");
+    assert_eq!(head.last_control()["data"], 0, "{head:?}");
+}
 
+/// Local only: the fake Nomad does not model users (everything runs as root) and has no `id`.
+#[tokio::test]
+async fn users_differ_by_privilege() {
+    let (server, runner) = Server::with_runner(256).await;
     let user = server.run(&runner, json!({"command": "id -u"}), None).await;
     assert_ne!(user.text("stdout").trim(), "0");
     let root = server
@@ -363,11 +456,15 @@ async fn stdin_goes_through_a_terminal_and_users_differ_by_privilege() {
         )
         .await;
     assert_eq!(root.text("stdout").trim(), "0");
+}
 
+async fn variables_reach_the_command(backend: Backend) {
+    let (server, runner) = backend.with_runner(256).await;
+    // `printenv` rather than `env`: the fake's `env` only runs a command.
     let env = server
         .run(
             &runner,
-            json!({"command": "env", "environment": {"hello": "world"}}),
+            json!({"command": "printenv", "environment": {"hello": "world"}}),
             None,
         )
         .await;
@@ -377,14 +474,14 @@ async fn stdin_goes_through_a_terminal_and_users_differ_by_privilege() {
     assert!(!output.contains("NOMAD_"), "{output}");
 }
 
-#[tokio::test]
-async fn a_time_limit_ends_the_execution_with_timeout() {
-    let (server, runner) = Server::with_runner(256).await;
+async fn a_time_limit_ends_the_execution_with_timeout(backend: Backend) {
+    let (server, runner) = backend.with_runner(256).await;
     let slow = server
         .run(&runner, json!({"command": "sleep 4", "timeLimit": 1}), None)
         .await;
-    assert_eq!(slow.last_control()["type"], "timeout");
+    assert_eq!(slow.last_control()["type"], "timeout", "{slow:?}");
     assert_eq!(slow.close, Some(CloseCode::Normal));
+    // The interrupt ends `sleep` at once: the close does not wait out the kill's grace.
     assert!(slow.elapsed < Duration::from_secs(3), "{:?}", slow.elapsed);
     // The runner still works afterwards.
     let next = server
@@ -393,9 +490,8 @@ async fn a_time_limit_ends_the_execution_with_timeout() {
     assert_eq!(next.text("stdout"), "next");
 }
 
-#[tokio::test]
-async fn the_inactivity_timeout_destroys_the_runner_during_a_long_execution() {
-    let server = Server::start(&[]).await;
+async fn the_inactivity_timeout_destroys_the_runner_during_a_long_execution(backend: Backend) {
+    let server = backend.start(&[]).await;
     server.environment(1, 1, 256).await;
     let runner = server.claim(1, 2).await;
     let endless = server
@@ -435,9 +531,8 @@ async fn a_memory_breach_kills_the_process_and_the_runner_survives() {
     assert_eq!(next.text("stdout"), "alive");
 }
 
-#[tokio::test]
-async fn an_execution_id_works_once_and_only_on_its_runner() {
-    let server = Server::start(&[]).await;
+async fn an_execution_id_works_once_and_only_on_its_runner(backend: Backend) {
+    let server = backend.start(&[]).await;
     server.environment(1, 2, 128).await;
     let runner = server.claim(1, 0).await;
     let other = server.claim(1, 0).await;
@@ -467,9 +562,8 @@ async fn an_execution_id_works_once_and_only_on_its_runner() {
     );
 }
 
-#[tokio::test]
-async fn claiming_from_an_empty_pool_fails_at_once_with_nomad_overload() {
-    let server = Server::start(&[]).await;
+async fn claiming_from_an_empty_pool_fails_at_once_with_nomad_overload(backend: Backend) {
+    let server = backend.start(&[]).await;
     server.environment(5, 0, 128).await;
     let response = server
         .client
@@ -487,9 +581,8 @@ async fn claiming_from_an_empty_pool_fails_at_once_with_nomad_overload() {
     );
 }
 
-#[tokio::test]
-async fn malformed_json_is_a_400_with_a_message() {
-    let server = Server::start(&[]).await;
+async fn malformed_json_is_a_400_with_a_message(backend: Backend) {
+    let server = backend.start(&[]).await;
     let response = server
         .client
         .post(server.url("/runners"))
@@ -506,9 +599,8 @@ async fn malformed_json_is_a_400_with_a_message() {
     );
 }
 
-#[tokio::test]
-async fn a_body_over_the_limit_is_a_413() {
-    let server = Server::start(&["--max-body-bytes", "1024"]).await;
+async fn a_body_over_the_limit_is_a_413(backend: Backend) {
+    let server = backend.start(&["--max-body-bytes", "1024"]).await;
     server.environment(1, 1, 128).await;
     let runner = server.claim(1, 0).await;
     assert_eq!(server.copy(&runner, "small.txt", &[b'a'; 100]).await, 204);
@@ -707,9 +799,8 @@ async fn a_client_disconnect_kills_the_process() {
     );
 }
 
-#[tokio::test]
-async fn executions_on_different_runners_run_concurrently() {
-    let server = Server::start(&[]).await;
+async fn executions_on_different_runners_run_concurrently(backend: Backend) {
+    let server = backend.start(&[]).await;
     server.environment(1, 3, 128).await;
     let runners = [
         server.claim(1, 0).await,

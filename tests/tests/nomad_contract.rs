@@ -87,7 +87,7 @@ unsupported_by_the_fake!(
         "the toy shell has no redirections (`>&2`) and its `cat` has no option parsing \
          (`cat -invalid` is a missing file, not `invalid option`)",
     execute_round_trips_stdin_with_terminal_echo:
-        "the fake has no pseudo-terminal (no echo of stdin) and no `head -n`",
+        "the fake has no pseudo-terminal (no echo of stdin, no `\\r\\n`)",
     execute_passes_environment_variables_exactly:
         "the toy shell has no variable expansion, `printf` or redirections \
          (variables are checked with `printenv` in `variables_and_stderr_reach_the_fake`)",
