@@ -826,6 +826,104 @@ async fn exec_runs_echo_cat_and_exit_codes() {
     assert_eq!(sleep.stdout, b"slept\n");
 }
 
+/// A tty exec of `script`, given time to start its command.
+async fn tty_session(
+    fake: &Fake,
+    alloc_id: &str,
+    script: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let argv = ["/bin/bash", "-c", script];
+    let command = percent_encode(&serde_json::to_string(&argv).expect("json"));
+    let url = format!(
+        "ws://{}/v1/client/allocation/{alloc_id}/exec?command={command}&task=default-task&tty=true",
+        fake.addr
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("websocket upgrade");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    socket
+}
+
+/// Sends Ctrl-\ as stdin and returns the exit code the session reports within `within`, if any.
+async fn interrupt(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    within: Duration,
+) -> Option<i64> {
+    let frame = json!({ "stdin": { "data": BASE64.encode([0x1c]) } });
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("the session is open");
+    let read = async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = message {
+                let frame: Value = serde_json::from_str(text.as_str()).expect("json frame");
+                if frame["exited"] == true {
+                    return Some(frame["result"]["exit_code"].as_i64().unwrap_or(0));
+                }
+            }
+        }
+        None
+    };
+    timeout(within, read).await.ok().flatten()
+}
+
+/// Waits until `alloc_id` has `count` processes that outlived their sessions.
+async fn wait_outliving(fake: &Fake, alloc_id: &str, count: usize, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while fake.nomad.processes_outliving(alloc_id) != count {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn ctrl_backslash_ends_a_tty_command_unless_it_traps_sigquit_and_processes_outlive_their_session()
+ {
+    let fake = start(fast_config()).await;
+    let alloc = running_runner(&fake, "29-quit").await;
+
+    // Ctrl-\ on the terminal: SIGQUIT for the command, exit code 128 + 3.
+    let mut plain = tty_session(&fake, &alloc, "sleep 100").await;
+    assert_eq!(interrupt(&mut plain, WAIT).await, Some(131));
+
+    // Without a terminal, 0x1c is just a byte of input.
+    let piped = exec(&fake, &alloc, "cat", &[b'a', 0x1c, b'b']).await;
+    assert_eq!(
+        (piped.stdout.as_slice(), piped.exit_code),
+        (&[b'a', 0x1c, b'b'][..], Some(0))
+    );
+
+    // A command that ignores SIGQUIT runs on, and on after its client has gone.
+    let mut trapped = tty_session(&fake, &alloc, "trap '' QUIT; sleep 100").await;
+    assert_eq!(
+        interrupt(&mut trapped, Duration::from_millis(300)).await,
+        None,
+        "the trapped command ignored Ctrl-\\"
+    );
+    assert_eq!(fake.nomad.processes_outliving(&alloc), 0);
+    drop(trapped);
+    wait_outliving(&fake, &alloc, 1, "the process did not outlive its session").await;
+    // A process that ends by itself stops counting.
+    let short = tty_session(&fake, &alloc, "trap '' QUIT; sleep 0.3").await;
+    drop(short);
+    wait_outliving(
+        &fake,
+        &alloc,
+        2,
+        "the second process did not outlive its session",
+    )
+    .await;
+    wait_outliving(&fake, &alloc, 1, "the process that ended still counts").await;
+    // Stopping the job ends the container and what ran in it.
+    let (status, _) = fake.purge("29-quit").await;
+    assert_eq!(status, 200);
+    wait_outliving(&fake, &alloc, 0, "the stopped container's process runs on").await;
+}
+
 #[tokio::test]
 async fn exec_extracts_tar_then_lists_and_reads_files() {
     let fake = start(fast_config()).await;

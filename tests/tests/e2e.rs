@@ -43,12 +43,12 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use trident_tests::{Backend, Server};
 
-/// Runs each `async fn name(backend: Backend)` as two tests, `name::local` and `name::nomad`;
-/// `name [nomad: ignore = "why"]` ignores the Nomad one, saying why. Multi-threaded: a dropped
+/// Runs each `async fn name(backend: Backend)` as two tests, `name::local` and `name::nomad`.
+/// Multi-threaded: a dropped
 /// server blocks its thread while it waits for the process to exit, and the fake Nomad has to
 /// keep serving the server's last calls meanwhile.
 macro_rules! on_both_backends {
-    ($($name:ident $([nomad: ignore = $why:literal])?),* $(,)?) => {
+    ($($name:ident),* $(,)?) => {
         $(
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +57,6 @@ macro_rules! on_both_backends {
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                $(#[ignore = $why])?
                 async fn nomad() {
                     super::$name(trident_tests::Backend::Nomad).await;
                 }
@@ -75,9 +74,7 @@ on_both_backends!(
     executions_stream_output_exit_codes_and_errors,
     stdin_reaches_the_command,
     variables_reach_the_command,
-    a_time_limit_ends_the_execution_with_timeout [nomad: ignore =
-        "the fake has no terminal line discipline: the interrupt (Ctrl-\\ on the terminal) does \
-         not end its `sleep`, so the close waits out the 3 s grace and the kill"],
+    a_time_limit_ends_the_execution_with_timeout,
     the_inactivity_timeout_destroys_the_runner_during_a_long_execution,
     an_execution_id_works_once_and_only_on_its_runner,
     claiming_from_an_empty_pool_fails_at_once_with_nomad_overload,

@@ -94,10 +94,12 @@ unsupported_by_the_fake!(
     execute_runs_commands_containing_single_quotes:
         "the toy shell has no `printf`, and no pseudo-terminal for the expected `\\r\\n`",
     interrupt_ends_a_sleep:
-        "the fake has no terminal line discipline: Ctrl-\\ on stdin does not signal `sleep`",
+        "the fake ends the `sleep` on Ctrl-\\ (exit 131), but has no pseudo-terminal for the \
+         `\\r\\n` the last check expects",
     kill_ends_a_sleep:
-        "the toy shell has no pipes or `pgrep` to check that no `sleep` survives (and the fake \
-         drops the process with the websocket, which real Nomad does not)",
+        "Nomad's kill closes the exec session and the process runs on (`KillReach::ConnectionOnly`, \
+         as the fake models it); the server stops the runner instead, pinned by \
+         `nomad_faults::a_command_that_ignores_the_interrupt_is_ended_by_stopping_its_runner`",
     copying_a_path_ending_in_slash_makes_a_directory:
         "the toy shell has no `test`, `touch`, pipes or `wc`",
     delete_removes_files_and_dot_slash_empties_the_workspace:

@@ -34,7 +34,9 @@
 //!   directory's children), `ls -l --time-style=+%s -1 --literal [--recursive|-R] <path>`,
 //!   `cat <file>…`, `mkdir [-p] <dir>…`, `pwd`;
 //! - workloads: `echo [-n] [-e] …`, `cat` (copies stdin to stdout until stdin closes), `sleep N`
-//!   (tokio time; fractions allowed), `exit N`, `head -c N /dev/zero` (N zero bytes), `head -n N`
+//!   (tokio time; fractions allowed), `exit N`, `kill -<n> $$`, `trap '' QUIT` and `trap - QUIT`
+//!   (whether the terminal's Ctrl-\ ends the process, see `super::exec`), `head -c N /dev/zero`
+//!   (N zero bytes), `head -n N`
 //!   (the first N lines of stdin),
 //!   `allocate-memory <MiB>`: more than the task's memory limit OOM-kills the container (the
 //!   allocation restarts with an `oom_killed` task event; the exec ends with 137), otherwise
@@ -42,6 +44,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -224,6 +228,9 @@ pub(crate) struct Process {
     pub(crate) stderr_to: Option<mpsc::Sender<Vec<u8>>>,
     /// The variables the command sees (`printenv`).
     pub(crate) environment: Vec<(String, String)>,
+    /// Set by `trap '' QUIT`: the terminal's Ctrl-\ (SIGQUIT) is ignored. Shared with the exec
+    /// session, which plays the terminal.
+    pub(crate) quit_ignored: Arc<AtomicBool>,
 }
 
 /// Chunks a fifo holds before its writer waits (a pipe's buffer).
@@ -514,6 +521,7 @@ impl Process {
                 }
             },
             "false" => 1,
+            "trap" => self.trap(&args).await,
             "exit" => {
                 let code = args.first().map_or(Ok(0), |a| a.parse::<i64>());
                 return match code {
@@ -548,6 +556,23 @@ impl Process {
             }
         };
         Flow::Status(code)
+    }
+
+    /// `trap '' QUIT` ignores SIGQUIT (the process and what it runs, as bash's children inherit
+    /// an ignored signal); `trap - QUIT` restores it.
+    async fn trap(&mut self, args: &[&str]) -> i32 {
+        match args {
+            [action @ ("" | "-"), "QUIT" | "SIGQUIT" | "3"] => {
+                self.quit_ignored
+                    .store(action.is_empty(), Ordering::Relaxed);
+                0
+            }
+            _ => {
+                self.stderr("trap: the fake supports only `trap '' QUIT` and `trap - QUIT`\n")
+                    .await;
+                1
+            }
+        }
     }
 
     async fn printenv(&mut self, args: &[&str]) -> i32 {

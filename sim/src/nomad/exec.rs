@@ -7,7 +7,11 @@
 //! sends no heartbeats. With `tty=true` stderr is merged into stdout, as Docker does.
 //!
 //! When the container dies under the exec (OOM kill, stop, loss), the session ends with exit code
-//! 137. When the client goes away, the process is dropped (real Docker would let it run on).
+//! 137. When the client goes away, the session ends and the process runs on, as under Docker
+//! (§7.5): stdin at end of file, output discarded, until it ends by itself or its container
+//! stops ([`FakeNomad::outlive`]). With `tty=true` the session plays the terminal's line
+//! discipline for one key: a Ctrl-\\ byte (0x1c) in stdin is taken out of the input and ends the
+//! process as SIGQUIT does (exit code 131), unless the command ran `trap '' QUIT`.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -18,9 +22,14 @@ use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::FakeNomad;
-use super::driver::{Output, Process};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::driver::{Output, Process};
+use super::{FakeNomad, Running};
+
+/// Ctrl-\\ on a terminal: SIGQUIT for the foreground process group.
+const INTERRUPT: u8 = 0x1c;
 /// Raw bytes per output frame (the driver's read size, §7.4).
 const FRAME_BYTES_MAX: usize = 1024;
 /// Chunks queued between the websocket and the process, each way.
@@ -155,6 +164,7 @@ async fn session(
     let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_BOUND);
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(CHANNEL_BOUND);
     let mut wake = nomad.shared.wake.subscribe();
+    let quit_ignored = Arc::new(AtomicBool::new(false));
     let mut process = Process {
         nomad: nomad.clone(),
         alloc_id: alloc_id.clone(),
@@ -164,9 +174,12 @@ async fn session(
         out: out_tx,
         stderr_to: None,
         environment: Vec::new(),
+        quit_ignored: Arc::clone(&quit_ignored),
     };
-    let run = async move { process.run_argv(&argv).await };
-    tokio::pin!(run);
+    // `None` once the process is gone (killed by the terminal's SIGQUIT, or its container died).
+    let mut run: Option<Running> = Some(Box::pin(async move { process.run_argv(&argv).await }));
+    // Set when the client went away while the process was still running.
+    let mut client_gone = false;
 
     let mut stdin_tx = Some(stdin_tx);
     let mut pending_stdin: Option<Vec<u8>> = None;
@@ -181,12 +194,21 @@ async fn session(
             output = out_rx.recv(), if output_open => match output {
                 Some(output) => {
                     if !send_output(&mut socket, output, tty).await {
-                        return;
+                        client_gone = true;
+                        break;
                     }
                 }
                 None => output_open = false,
             },
-            code = &mut run, if exit_code.is_none() => exit_code = Some(code),
+            code = async {
+                match run.as_mut() {
+                    Some(running) => running.await,
+                    None => std::future::pending().await,
+                }
+            }, if exit_code.is_none() => {
+                run = None;
+                exit_code = Some(code);
+            }
             permit = async { reserve_tx?.reserve_owned().await.ok() }, if pending_stdin.is_some() => {
                 match permit {
                     Some(permit) => {
@@ -200,7 +222,16 @@ async fn session(
             }
             message = socket.recv(), if pending_stdin.is_none() => match message {
                 Some(Ok(Message::Text(text))) => match parse_input(text.as_str()) {
-                    Input::Stdin(bytes) => {
+                    Input::Stdin(mut bytes) => {
+                        if tty && bytes.contains(&INTERRUPT) {
+                            // The line discipline takes Ctrl-\ out of the input and sends SIGQUIT
+                            // to the foreground process group: the whole command.
+                            bytes.retain(|byte| *byte != INTERRUPT);
+                            if exit_code.is_none() && !quit_ignored.load(Ordering::Relaxed) {
+                                run = None;
+                                exit_code = Some(128 + 3);
+                            }
+                        }
                         if stdin_tx.is_some() && !bytes.is_empty() {
                             pending_stdin = Some(bytes);
                         }
@@ -213,8 +244,8 @@ async fn session(
                     Input::Invalid => return close(socket, 1011, "unexpected message type".into()).await,
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    // The client is gone: the session (and, unlike Docker, the process) ends.
-                    return;
+                    client_gone = true;
+                    break;
                 }
                 Some(Ok(_)) => {}
             },
@@ -226,6 +257,7 @@ async fn session(
                         .is_some_and(|alloc| alloc.incarnation == target.incarnation);
                 if !alive {
                     // The container died under the exec: what it wrote before still arrives.
+                    run = None;
                     while let Ok(output) = out_rx.try_recv() {
                         if !send_output(&mut socket, output, tty).await {
                             return;
@@ -236,6 +268,14 @@ async fn session(
                 }
             }
         }
+    }
+    if client_gone {
+        // The session ends; the process does not (§7.5). Its stdin reaches end of file when the
+        // session's senders go with this function, and its output has nowhere to go.
+        if let Some(running) = run.take() {
+            nomad.outlive(alloc_id, target.incarnation, running);
+        }
+        return;
     }
     if drop_before_exit {
         // §10 row 21: the connection just closes.

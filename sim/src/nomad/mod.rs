@@ -101,6 +101,13 @@ pub(crate) fn uuid(rng: &mut SplitMix64) -> String {
 /// The write end of a named pipe: what a process that opens the fifo for writing gets.
 pub(crate) type FifoWriter = mpsc::Sender<Vec<u8>>;
 
+/// An exec's process, running: it resolves to the exit code.
+pub(crate) type Running = std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>;
+
+/// Processes one allocation may have running after their exec sessions ended. Docker has no such
+/// bound; the fake drops a process beyond it at once (and counts none of it).
+const OUTLIVING_PER_ALLOCATION_MAX: usize = 64;
+
 struct Shared {
     state: Mutex<state::State>,
     /// The named pipes (Trident's stderr fifos) that exist, by allocation and path. An entry is
@@ -108,6 +115,8 @@ struct Shared {
     /// (taking the entry) leaves the pipe to whoever holds write ends. Every entry belongs to a
     /// live reader process, which removes it when it ends: bounded by the open exec sessions.
     fifos: Mutex<BTreeMap<(String, String), FifoWriter>>,
+    /// How many processes run on after their exec session ended, by allocation (no entry: none).
+    outliving: Mutex<BTreeMap<String, usize>>,
     /// Tokio time zero of this fake.
     start: Instant,
     wake: watch::Sender<u64>,
@@ -145,6 +154,7 @@ impl FakeNomad {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 fifos: Mutex::new(BTreeMap::new()),
+                outliving: Mutex::new(BTreeMap::new()),
                 // tokio's clock: paused and advanced by the simulation.
                 // tokio's clock (turmoil's simulated time in the simulation), not the wall clock.
                 start: Instant::now(),
@@ -194,6 +204,59 @@ impl FakeNomad {
     pub(crate) fn fifo_exists(&self, alloc_id: &str, path: &str) -> bool {
         self.fifos()
             .contains_key(&(alloc_id.to_owned(), path.to_owned()))
+    }
+
+    fn outliving(&self) -> MutexGuard<'_, BTreeMap<String, usize>> {
+        self.shared
+            .outliving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Lets an exec's process run on after its session ended, as Docker does (`nomad-api.md`
+    /// §7.5): the task that runs it belongs to the allocation and ends when the process ends or
+    /// the container it ran in does (a restart, a stop, a loss).
+    pub(crate) fn outlive(&self, alloc_id: String, incarnation: u64, running: Running) {
+        {
+            let mut outliving = self.outliving();
+            let count = outliving.entry(alloc_id.clone()).or_default();
+            if *count >= OUTLIVING_PER_ALLOCATION_MAX {
+                return;
+            }
+            *count += 1;
+        }
+        let nomad = self.clone();
+        tokio::spawn(async move {
+            let _counted = Outliving {
+                nomad: nomad.clone(),
+                alloc_id: alloc_id.clone(),
+            };
+            let mut wake = nomad.shared.wake.subscribe();
+            let alive = |nomad: &FakeNomad| {
+                nomad
+                    .lock()
+                    .alloc(&alloc_id)
+                    .is_some_and(|alloc| alloc.incarnation == incarnation)
+            };
+            let container_ends = async {
+                while alive(&nomad) {
+                    if wake.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                () = container_ends => {}
+                _ = running => {}
+            }
+        });
+    }
+
+    /// How many processes run on in `alloc_id` after their exec sessions ended (see
+    /// [`FakeNomad::outlive`]).
+    pub fn processes_outliving(&self, alloc_id: &str) -> usize {
+        self.outliving().get(alloc_id).copied().unwrap_or(0)
     }
 
     /// The axum router serving the Nomad API.
@@ -363,6 +426,24 @@ pub struct Census {
     pub running: Vec<(String, String)>,
     /// The raft index.
     pub index: u64,
+}
+
+/// Counts one outliving process for as long as it runs.
+struct Outliving {
+    nomad: FakeNomad,
+    alloc_id: String,
+}
+
+impl Drop for Outliving {
+    fn drop(&mut self) {
+        let mut outliving = self.nomad.outliving();
+        if let Some(count) = outliving.get_mut(&self.alloc_id) {
+            *count -= 1;
+            if *count == 0 {
+                outliving.remove(&self.alloc_id);
+            }
+        }
+    }
 }
 
 /// Plays scheduler and client agent: sleeps until the next timer is due and runs every due timer.
