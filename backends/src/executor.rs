@@ -101,8 +101,20 @@ pub trait RunningExecution: Send + 'static {
     fn stdin(&self) -> mpsc::Sender<Bytes>;
     /// Asks the command to stop, as Ctrl-\ on its terminal does (Poseidon's SIGQUIT).
     fn interrupt(&self);
-    /// Kills the command's whole process tree at once.
-    fn kill(&self);
+    /// Kills the command's whole process tree at once where the backend can, and says how far
+    /// the kill reached.
+    fn kill(&self) -> KillReach;
+}
+
+/// How far [`RunningExecution::kill`] reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillReach {
+    /// Every process of the command is killed (the local backend kills the execution's cgroup).
+    ProcessTree,
+    /// Only the connection to the command is closed; its processes may run on until the runner
+    /// stops (Nomad's exec does not kill the process when its WebSocket goes, nomad-api.md
+    /// §7.5). The caller stops the runner if the command had not ended.
+    ConnectionOnly,
 }
 
 /// A change to a runner's files: Poseidon's `PATCH /files` body, decoded.

@@ -17,5 +17,5 @@ pub mod nomad;
 
 pub use executor::{
     BackendError, ExecutionEvent, ExecutionRequest, Executor, FileDownload, FileHeader, FileUpdate,
-    Observation, RunningExecution,
+    KillReach, Observation, RunningExecution,
 };

@@ -62,6 +62,15 @@ pub enum Input {
         /// The execution.
         execution: ExecutionId,
     },
+    /// An execution's command outlived its interrupt and the kill could not reach it (Nomad's
+    /// exec ends the connection, not the process): only stopping the runner ends it. Poseidon's
+    /// "the execution did not stop after SIGQUIT".
+    ExecutionNotStopped {
+        /// The runner.
+        runner: RunnerId,
+        /// The execution.
+        execution: ExecutionId,
+    },
     /// The outcome of an [`Effect::RegisterEnvironment`].
     EnvironmentRegistered {
         /// The environment.
@@ -235,6 +244,9 @@ pub enum LeaseEndCause {
     Backend(DownCause),
     /// The backend's inventory no longer lists the runner.
     MissingFromInventory,
+    /// A command of the runner outlived its interrupt and could not be killed, so the runner
+    /// was stopped ([`Input::ExecutionNotStopped`]).
+    ExecutionNotStopped,
 }
 
 /// What a claim looks like when persisted in the backend (Nomad: job meta), so that a restarted

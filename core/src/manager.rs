@@ -338,6 +338,9 @@ impl Manager {
             Input::ExecutionFinished { runner, execution } => {
                 Reply::Runner(self.execution_finished(now, runner, execution))
             }
+            Input::ExecutionNotStopped { runner, execution } => {
+                Reply::Runner(self.execution_not_stopped(now, runner, execution))
+            }
             Input::EnvironmentRegistered { id, version, ok } => {
                 self.environment_registered(now, id, version, ok);
                 Reply::Done
@@ -580,6 +583,26 @@ impl Manager {
         self.update_claim(runner, |claim| {
             claim.executions.remove(&execution);
         });
+        self.debug_check();
+        Ok(())
+    }
+
+    /// An execution's command could be neither interrupted nor killed: the runner is stopped,
+    /// which is the only way left to end the command (Poseidon destroys the runner the same
+    /// way, "the execution did not stop after SIGQUIT"). Its lease ends with
+    /// [`LeaseEndCause::ExecutionNotStopped`]; the execution stays counted until it finishes.
+    pub fn execution_not_stopped(
+        &mut self,
+        now: Timestamp,
+        runner: RunnerId,
+        execution: ExecutionId,
+    ) -> Result<(), RunnerError> {
+        self.advance(now);
+        let claim = self.claimed(runner).ok_or(RunnerError::NotClaimed)?;
+        if !claim.executions.contains(&execution) {
+            return Err(RunnerError::UnknownExecution);
+        }
+        self.begin_stop(runner, LeaseEndCause::ExecutionNotStopped);
         self.debug_check();
         Ok(())
     }

@@ -107,7 +107,7 @@ impl Driver {
 
     fn step(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
         self.advance(u)?;
-        let input = match u.int_in_range(0..=16u8)? {
+        let input = match u.int_in_range(0..=17u8)? {
             0 => Input::PutEnvironment {
                 id: environment(u)?,
                 spec: spec(u)?,
@@ -166,6 +166,10 @@ impl Driver {
             }
             12 => Input::Reconcile(self.inventory(u)?),
             13 => Input::Timeout,
+            17 => Input::ExecutionNotStopped {
+                runner: self.runner(u)?,
+                execution: execution(u)?,
+            },
             // The fake backend answers the oldest effect: 14 and 15 with success, 16 with failure.
             ok => match self.pending.pop_front() {
                 Some(effect) => match outcome(effect, ok != 16) {

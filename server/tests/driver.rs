@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trident_backends::{
     BackendError, ExecutionEvent, ExecutionRequest, Executor, FileDownload, FileHeader, FileUpdate,
-    Observation, RunningExecution,
+    KillReach, Observation, RunningExecution,
 };
 use trident_core::{
     EnvironmentId, EnvironmentSpec, Input, Inventory, Manager, ManagerConfig, PutOutcome, Reply,
@@ -53,7 +53,9 @@ impl RunningExecution for NoExecution {
         mpsc::channel(1).0
     }
     fn interrupt(&self) {}
-    fn kill(&self) {}
+    fn kill(&self) -> KillReach {
+        KillReach::ProcessTree
+    }
 }
 
 fn unsupported() -> BackendError {

@@ -817,7 +817,7 @@ async fn a_revoked_token_fails_requests_at_once_without_retrying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_exec_sessions_are_bounded_by_the_time_limit() {
     let cluster = Cluster::start(fast(), &[]).await;
-    cluster.server.environment(ENV, 1, 128).await;
+    cluster.server.environment(ENV, 2, 128).await;
     let held = cluster.server.claim(ENV, 0).await;
 
     cluster.inject(Fault::ExecDelay(Duration::from_secs(10)));
@@ -829,12 +829,73 @@ async fn slow_exec_sessions_are_bounded_by_the_time_limit() {
     assert_eq!(limited.text("stdout"), "", "{limited:?}");
     // One second of limit and Poseidon's 3 s grace after the interrupt, not the 10 s delay.
     assert!(limited.elapsed < Duration::from_secs(8), "{limited:?}");
+    // The interrupt could not reach a session that had not started its command, and closing
+    // the session does not end a command on Nomad: the runner was stopped instead.
+    wait_runner_stopped(&cluster, &held).await;
 
     cluster.inject(Fault::ExecDelay(Duration::from_millis(800)));
+    let held = cluster.server.claim(ENV, 0).await;
     let slow = cluster.run(&held, "echo slow").await;
     assert_eq!(slow.text("stdout").trim(), "slow", "{slow:?}");
     assert_eq!(exit_code(&slow), Some(0), "{slow:?}");
     assert!(slow.elapsed >= Duration::from_millis(800), "{slow:?}");
+}
+
+/// Waits until `runner` is no longer held (410) and its job is gone from Nomad.
+async fn wait_runner_stopped(cluster: &Cluster, runner: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = cluster.copy(runner, "probe.txt", b"").await.0 != 410;
+        if !held && !cluster.runner_jobs().await.contains(runner) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{runner} is still held ({held}) or its job still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Poseidon's SIGQUIT-then-destroy (`poseidon.md` §2.3): closing Nomad's exec session does not
+/// end its command (`nomad-api.md` §7.5), so a command that ignores the interrupt sent at its
+/// time limit (`trap '' QUIT`) is ended by stopping its runner, and the pool refills. A
+/// command that obeys the interrupt keeps its runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_ignores_the_interrupt_is_ended_by_stopping_its_runner() {
+    let cluster = Cluster::start(fast(), &[]).await;
+    cluster.server.environment(ENV, 2, 128).await;
+    let held = cluster.server.claim(ENV, 0).await;
+    let allocation = cluster.running_allocation(&held).await;
+
+    let obeys = cluster
+        .server
+        .run(&held, json!({"command": "sleep 100", "timeLimit": 1}), None)
+        .await;
+    assert_eq!(obeys.last_control()["type"], "timeout", "{obeys:?}");
+    assert_eq!(cluster.copy(&held, "kept.txt", b"kept").await.0, 204);
+    assert_eq!(cluster.nomad.processes_outliving(&allocation), 0);
+
+    let ignores = cluster
+        .server
+        .run(
+            &held,
+            json!({"command": "trap '' QUIT; sleep 100", "timeLimit": 1}),
+            None,
+        )
+        .await;
+    assert_eq!(ignores.last_control()["type"], "timeout", "{ignores:?}");
+    // The close follows the interrupt's 3 s grace.
+    assert!(ignores.elapsed < Duration::from_secs(8), "{ignores:?}");
+    wait_runner_stopped(&cluster, &held).await;
+    let nomad = cluster.nomad.clone();
+    wait_until(
+        "the ignoring command still runs in the stopped allocation",
+        Duration::from_secs(5),
+        move || nomad.processes_outliving(&allocation) == 0,
+    )
+    .await;
+    cluster.wait_pool(2, 0, Duration::from_secs(10)).await;
 }
 
 /// §10 row 21: exec sessions end by a dropped connection, without the exit frame. Nobody saw

@@ -30,7 +30,7 @@ use trident_core::{
 
 use crate::executor::{
     BackendError, ExecutionEvent, ExecutionRequest, Executor, FileDownload, FileHeader, FileUpdate,
-    Observation, RunningExecution,
+    KillReach, Observation, RunningExecution,
 };
 use crate::local::{
     Event, ExecSpec, Execution, FileError, InitExit, Limits, Sandbox, SandboxHost, SandboxSpec,
@@ -379,8 +379,10 @@ impl RunningExecution for LocalExecution {
         }
     }
 
-    fn kill(&self) {
+    fn kill(&self) -> KillReach {
+        // The execution's cgroup: every process it started, however it detached.
         self.execution.kill();
+        KillReach::ProcessTree
     }
 }
 

@@ -30,8 +30,9 @@
 //! - **Interrupt** writes [`INTERRUPT_BYTE`] (Ctrl-\, SIGQUIT through the terminal) ahead of any
 //!   queued stdin. **Kill** closes the websocket and reports exit code 137 (as `SIGKILL`). Nomad
 //!   does *not* kill the process when the websocket goes (§7.5): a process that ignores the
-//!   interrupt outlives the session, and only stopping the runner ends it (Poseidon's
-//!   "the execution did not stop after SIGQUIT").
+//!   interrupt outlives the session, so `kill` answers [`KillReach::ConnectionOnly`] and the
+//!   server stops the runner, which ends it (Poseidon's "the execution did not stop after
+//!   SIGQUIT").
 //! - **Bounds and ownership**: events and stdin travel through bounded channels; a consumer that
 //!   does not read stops the task reading the socket (TCP back-pressure to Nomad), never an
 //!   unbounded buffer. The task belongs to the [`ExecSession`]; dropping the session aborts it.
@@ -64,7 +65,7 @@ use super::commands::INTERRUPT_BYTE;
 use super::connector::{Connector, MaybeTls, TcpConnector};
 use super::model::{Allocation, ClientStatus};
 use super::retry::Entropy;
-use crate::executor::{ExecutionEvent, RunningExecution};
+use crate::executor::{ExecutionEvent, KillReach, RunningExecution};
 
 /// The most stdin bytes in one frame (the Go client reads 2048 at a time, §7.3).
 pub const STDIN_FRAME_BYTES_MAX: usize = 2048;
@@ -492,8 +493,10 @@ impl RunningExecution for ExecSession {
         let _ = self.control.try_send(Control::Interrupt);
     }
 
-    fn kill(&self) {
+    fn kill(&self) -> KillReach {
         self.kill.send_replace(true);
+        // Nomad ends the session, not the process (§7.5).
+        KillReach::ConnectionOnly
     }
 }
 
@@ -858,10 +861,10 @@ impl RunningExecution for SplitExecution {
         self.main.interrupt();
     }
 
-    fn kill(&self) {
-        self.main.kill();
+    fn kill(&self) -> KillReach {
         if let Some(reader) = &self.stderr {
             reader.kill();
         }
+        self.main.kill()
     }
 }

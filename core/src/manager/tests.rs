@@ -667,6 +667,58 @@ fn executions_are_bounded_unique_and_must_be_open_to_finish() {
     );
 }
 
+#[test]
+fn an_execution_that_could_not_be_stopped_stops_its_runner_and_ends_the_lease() {
+    let mut fixture = Fixture::new();
+    fixture.ready_pool(1);
+    let claimed = fixture.claim(None);
+    let [running, other] = [1, 2].map(|n| ExecutionId(Uuid(n)));
+    let now = fixture.now;
+    fixture
+        .manager
+        .execution_started(now, claimed.runner, running)
+        .expect("claimed");
+    fixture.drain();
+    // Only an execution of the runner can have its runner stopped.
+    assert_eq!(
+        fixture
+            .manager
+            .execution_not_stopped(now, claimed.runner, other),
+        Err(RunnerError::UnknownExecution)
+    );
+    assert!(fixture.manager.claimed_runner(claimed.runner).is_some());
+    assert_eq!(
+        fixture
+            .manager
+            .execution_not_stopped(now, unknown_runner(), running),
+        Err(RunnerError::NotClaimed)
+    );
+    assert_eq!(
+        fixture
+            .manager
+            .execution_not_stopped(now, claimed.runner, running),
+        Ok(())
+    );
+    assert_eq!(stops(&fixture.drain()), vec![claimed.runner]);
+    assert_eq!(
+        fixture.last_event(),
+        Some(Event::LeaseEnded {
+            runner: claimed.runner,
+            lease: claimed.lease,
+            cause: LeaseEndCause::ExecutionNotStopped,
+            executions: vec![running],
+        })
+    );
+    assert!(fixture.manager.claimed_runner(claimed.runner).is_none());
+    // The execution's own end afterwards finds no claim.
+    assert_eq!(
+        fixture
+            .manager
+            .execution_finished(now, claimed.runner, running),
+        Err(RunnerError::NotClaimed)
+    );
+}
+
 // ----- Backend observations -----
 
 #[test]

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument;
-use trident_backends::{ExecutionEvent, Executor, RunningExecution};
+use trident_backends::{ExecutionEvent, Executor, KillReach, RunningExecution};
 use trident_core::{DownCause, ExecutionId, Input, LeaseEndCause, RunnerId};
 
 use super::bodies::{ClientAction, ClientFrame, ClientInput, ExecuteBody};
@@ -421,8 +421,19 @@ async fn run<E: Executor>(
         if let Some(message) = message {
             let _ = send_bounded(&mut sink, &message).await;
         }
-        if let Some(mut process) = to_stop {
-            stop(&mut process, &ending).await;
+        if let Some(mut process) = to_stop
+            && stop(&mut process, &ending).await == KillReach::ConnectionOnly
+            && !matches!(ending, Ending::LeaseEnded(_) | Ending::ShuttingDown)
+        {
+            // The command may run on in the runner (Nomad's exec): stopping the runner is the
+            // only way left to end it, as Poseidon does ("the execution did not stop after
+            // SIGQUIT"). A runner whose lease ended is stopping anyway; at shutdown the runner
+            // is kept for the next start, as claimed runners are.
+            tracing::warn!("the command could not be stopped; stopping its runner");
+            let _ = state
+                .manager
+                .apply(Input::ExecutionNotStopped { runner, execution })
+                .await;
         }
         // A client that stopped reading must not hold the execution's task forever.
         let _ = tokio::time::timeout(LAST_SEND_TIMEOUT, async {
@@ -605,14 +616,13 @@ enum ServerText {
 }
 
 /// Stops a command that did not exit by itself: interrupt as Ctrl-\ does (unless the runner is
-/// gone anyway), then kill the process tree after a grace period.
-async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
-    // A runaway output is killed at once: an interrupt would leave it time to write more. At
-    // shutdown nobody waits for the command's last words.
-    if !matches!(
-        ending,
-        Ending::LeaseEnded(_) | Ending::OutputLimit(_) | Ending::ShuttingDown
-    ) {
+/// gone anyway), then kill the process tree after a grace period. Returns how far the kill
+/// reached (`ProcessTree` when the interrupt was enough).
+async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) -> KillReach {
+    // At shutdown nobody waits for the command's last words, and a runner whose lease ended is
+    // going anyway. A runaway output is interrupted first too: what it writes meanwhile is read
+    // and dropped, and on Nomad a kill that only closes the connection costs the runner.
+    if !matches!(ending, Ending::LeaseEnded(_) | Ending::ShuttingDown) {
         process.interrupt();
         let exited = tokio::time::timeout(INTERRUPT_GRACE, async {
             while let Some(event) = process.next_event().await {
@@ -623,11 +633,11 @@ async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) {
         })
         .await;
         if exited.is_ok() {
-            return;
+            return KillReach::ProcessTree;
         }
         tracing::info!("the command ignored the interrupt; killing it");
     }
-    process.kill();
+    process.kill()
 }
 
 /// Forwards the client's text frames to stdin. A binary frame stops forwarding (Poseidon does
