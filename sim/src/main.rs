@@ -379,6 +379,8 @@ struct Report {
     frames: u64,
     inspections: u64,
     restarts: u64,
+    /// Runners seen stopped after a command ignored its time limit's interrupt.
+    unkillable_stopped: u64,
     healed: Vec<Duration>,
 }
 
@@ -405,6 +407,7 @@ impl Report {
         self.frames += outcome.counters.frames;
         self.inspections += outcome.counters.inspections;
         self.restarts += outcome.counters.incarnations.saturating_sub(1);
+        self.unkillable_stopped += outcome.counters.unkillable_runners_stopped;
         if let Some(after) = outcome.healed_after {
             self.healed.push(after);
         }
@@ -430,14 +433,15 @@ impl Report {
             );
         }
         println!(
-            "simulated {:.1} min in {} steps; {} claims, {} executions, {} event frames, {} manager inputs inspected, {} Trident restarts",
+            "simulated {:.1} min in {} steps; {} claims, {} executions, {} event frames, {} manager inputs inspected, {} Trident restarts, {} runners stopped for a command that ignored its interrupt",
             self.simulated.as_secs_f64() / 60.0,
             self.steps,
             self.claims,
             self.executions,
             self.frames,
             self.inspections,
-            self.restarts
+            self.restarts,
+            self.unkillable_stopped
         );
         if let Some(cpu) = cpu
             && cpu > 0.0

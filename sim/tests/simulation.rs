@@ -5,10 +5,23 @@
 //! seeds run from `tests/run` with the release binary (`trident-sim --seeds …`); these tests
 //! keep to short seeds so the debug build stays quick.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use trident_sim::harness::faults::FaultKind;
-use trident_sim::harness::{SimConfig, run_seed};
+use trident_sim::harness::{SeedOutcome, SimConfig};
+
+/// One seed at a time in this process: a run's trace depends on tokio's process-wide task ids
+/// (`run_seed` aligns the counter first), and a seed running on another test thread would take
+/// ids in the middle of it.
+static ONE_SEED_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn run_seed(config: &SimConfig) -> SeedOutcome {
+    let _alone = ONE_SEED_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    trident_sim::harness::run_seed(config)
+}
 
 fn short(seed: u64) -> SimConfig {
     SimConfig {

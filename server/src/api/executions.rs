@@ -338,15 +338,20 @@ async fn run<E: Executor>(
     // command (Nomad's exec under a partition) does not stretch it.
     let deadline = body.deadline(Instant::now());
     let stopping = &state.executions.stopping;
+    let mut opening = Box::pin(state.executor.execute(runner, body.request()));
     let opened = tokio::select! {
         biased;
         () = stopping.cancelled() => Err(Ending::ShuttingDown),
-        opened = state.executor.execute(runner, body.request()) => Ok(opened),
+        opened = &mut opening => Ok(opened),
         () = sleep_until(deadline) => Err(Ending::TimeLimit),
     };
     // A command that outlived its limit or the lease is stopped after the client has its final
     // message: stopping may wait (an interrupt's grace, a slow backend), the answer need not.
     let mut to_stop = None;
+    // A command whose limit passed while it was being opened may start all the same (Nomad's exec
+    // under latency: the session was on its way); it is stopped once it has opened, which the
+    // backend bounds (Poseidon's interrupt waits for the connection in its priority buffer).
+    let late = matches!(opened, Err(Ending::TimeLimit)).then_some(opening);
     let (ending, stream) = match opened {
         Err(ending) => (ending, Some(stream)),
         Ok(Err(error)) => {
@@ -421,6 +426,21 @@ async fn run<E: Executor>(
         if let Some(message) = message {
             let _ = send_bounded(&mut sink, &message).await;
         }
+        let to_stop = match (to_stop, late) {
+            (Some(process), _) => Some(process),
+            (None, Some(opening)) => tokio::select! {
+                biased;
+                () = stopping.cancelled() => None,
+                opened = opening => match opened {
+                    Ok(process) => Some(process),
+                    Err(error) => {
+                        tracing::info!(%error, "the command did not start after its time limit");
+                        None
+                    }
+                },
+            },
+            (None, None) => None,
+        };
         if let Some(mut process) = to_stop
             && stop(&mut process, &ending).await == KillReach::ConnectionOnly
             && !matches!(ending, Ending::LeaseEnded(_) | Ending::ShuttingDown)
@@ -624,18 +644,25 @@ async fn stop<X: RunningExecution>(process: &mut X, ending: &Ending) -> KillReac
     // and dropped, and on Nomad a kill that only closes the connection costs the runner.
     if !matches!(ending, Ending::LeaseEnded(_) | Ending::ShuttingDown) {
         process.interrupt();
+        // Only an exit code shows that the command ended. `Gone` (or the end of the events) may
+        // be the connection to it lost, with the command running on (Nomad's exec): the kill
+        // below then says how far it can reach.
         let exited = tokio::time::timeout(INTERRUPT_GRACE, async {
             while let Some(event) = process.next_event().await {
-                if matches!(event, ExecutionEvent::Exited(_) | ExecutionEvent::Gone) {
-                    return;
+                match event {
+                    ExecutionEvent::Exited(_) => return true,
+                    ExecutionEvent::Gone => return false,
+                    ExecutionEvent::Stdout(_) | ExecutionEvent::Stderr(_) => {}
                 }
             }
+            false
         })
         .await;
-        if exited.is_ok() {
-            return KillReach::ProcessTree;
+        match exited {
+            Ok(true) => return KillReach::ProcessTree,
+            Ok(false) => tracing::info!("the connection to the command was lost; killing it"),
+            Err(_) => tracing::info!("the command ignored the interrupt; killing it"),
         }
-        tracing::info!("the command ignored the interrupt; killing it");
     }
     process.kill()
 }

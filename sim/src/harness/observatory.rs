@@ -48,6 +48,11 @@ pub enum Invariant {
     TimeLimitRespected,
     /// A released runner answers 410 afterwards.
     ReleasedRunnerGone,
+    /// A command that ignored the interrupt at its time limit cannot be killed through Nomad's
+    /// exec, so Trident stops its runner before it closes the execution: afterwards the runner
+    /// answers 410, or (when the command never started) no process of it runs on in the
+    /// runner's allocations.
+    UnkillableCommandStopsRunner,
     /// Idle runners never exceed an environment's pool size.
     IdleWithinPool,
     /// After the faults stop, every pool is back at its size and no orphaned job remains,
@@ -57,7 +62,7 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 14] = [
+    pub const ALL: [Invariant; 15] = [
         Invariant::ManagerInvariants,
         Invariant::LeaseNeverReissued,
         Invariant::RunnerHandedOutOnce,
@@ -70,6 +75,7 @@ impl Invariant {
         Invariant::FilesPrivate,
         Invariant::TimeLimitRespected,
         Invariant::ReleasedRunnerGone,
+        Invariant::UnkillableCommandStopsRunner,
         Invariant::IdleWithinPool,
         Invariant::HealedWithinBound,
     ];
@@ -89,6 +95,7 @@ impl Invariant {
             Invariant::FilesPrivate => "files-private",
             Invariant::TimeLimitRespected => "time-limit-respected",
             Invariant::ReleasedRunnerGone => "released-runner-gone",
+            Invariant::UnkillableCommandStopsRunner => "unkillable-command-stops-runner",
             Invariant::IdleWithinPool => "idle-within-pool",
             Invariant::HealedWithinBound => "healed-within-bound",
         }
@@ -128,6 +135,9 @@ pub struct Counters {
     pub releases: u64,
     /// Requests that failed at the transport (timeouts, resets, partitions).
     pub transport_errors: u64,
+    /// Runners found stopped (410) after a command ignored the interrupt at its time limit
+    /// ([`Invariant::UnkillableCommandStopsRunner`] held).
+    pub unkillable_runners_stopped: u64,
     /// Manager inputs inspected.
     pub inspections: u64,
     /// Event frames Trident processed.
@@ -307,8 +317,9 @@ impl Observatory {
         }
     }
 
-    /// A client got `runner` from a claim.
-    pub fn handed_out(&mut self, runner: &str, client: usize) {
+    /// A client got `runner` from a claim it sent when the cluster's raft index was
+    /// `index_before`.
+    pub fn handed_out(&mut self, runner: &str, client: usize, index_before: Option<u64>) {
         self.counters.claims += 1;
         if let Some(first) = self.handed_out.insert(runner.to_owned(), client) {
             self.violate(
@@ -316,10 +327,15 @@ impl Observatory {
                 format!("{runner} was handed to client {first} and again to client {client}"),
             );
         }
-        let known = self
-            .nomad
-            .as_ref()
-            .is_some_and(|nomad| nomad.census().jobs.iter().any(|job| job.id == runner));
+        // A runner that lost its allocation while the answer was on its way may be purged by
+        // the time the answer arrives: it was real when it was handed out.
+        let known = self.nomad.as_ref().is_some_and(|nomad| {
+            nomad.census().jobs.iter().any(|job| job.id == runner)
+                || nomad
+                    .purged_at(runner)
+                    .zip(index_before)
+                    .is_some_and(|(purged, before)| purged > before)
+        });
         if !known {
             self.violate(
                 Invariant::ClaimedRunnerIsReal,

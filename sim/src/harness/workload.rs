@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use trident_core::SplitMix64;
 
+use crate::nomad::FakeNomad;
+
 use super::net::{self, Answer};
 use super::observatory::{Invariant, Shared};
 
@@ -92,6 +94,9 @@ pub struct Client {
     shared: Shared,
     /// Sessions so far: names this client's files apart.
     sessions: u64,
+    /// A runner of this session in which a command that ignores the interrupt may run on
+    /// (its execution ended without the server's close).
+    unstopped: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -123,6 +128,7 @@ impl Client {
             rng,
             shared,
             sessions: 0,
+            unstopped: None,
         }
     }
 
@@ -162,6 +168,7 @@ impl Client {
         self.sessions += 1;
         let environment = ENVIRONMENTS[(self.rng.next_u64() % 2) as usize];
         let inactivity = 20 + self.rng.next_u64() % 60;
+        let index_before = self.shared.lock().nomad.as_ref().map(FakeNomad::peek_index);
         let Some(answer) = self
             .request(
                 Method::POST,
@@ -182,7 +189,9 @@ impl Client {
                 return;
             }
         };
-        self.shared.lock().handed_out(&runner, self.id);
+        self.shared
+            .lock()
+            .handed_out(&runner, self.id, index_before);
         let mut written: Vec<Written> = Vec::new();
         let operations = 1 + self.rng.next_u64() % 5;
         for _ in 0..operations {
@@ -331,9 +340,52 @@ impl Client {
     /// A command outliving its time limit ends with `timeout`, at the limit.
     async fn time_limit(&mut self, runner: &str) -> End {
         let limit = 1 + self.rng.next_u64() % 5;
-        let Some(run) = self.execute(runner, "sleep 1000", limit, None).await else {
+        // A third of them ignore the interrupt (Ctrl-\) that the time limit sends.
+        let unkillable = self.rng.next_u64().is_multiple_of(3);
+        let command = if unkillable {
+            "trap '' QUIT; sleep 1000"
+        } else {
+            "sleep 1000"
+        };
+        let Some(run) = self.execute(runner, command, limit, None).await else {
             return End::Lost;
         };
+        if unkillable && !run.closed {
+            // Trident may have died during the interrupt's grace: its successor keeps the
+            // runner, and the command may run on in it.
+            self.unstopped = Some(runner.to_owned());
+        }
+        if unkillable && run.timeout && run.closed && self.unstopped.as_deref() != Some(runner) {
+            // The server closed the execution after its stop: the runner was stopped by then,
+            // unless the command never started (its exec could not be opened).
+            let Some(answer) = self
+                .request(
+                    Method::GET,
+                    &format!("/api/v1/runners/{runner}/files?path=./"),
+                    None,
+                )
+                .await
+            else {
+                return End::Continue;
+            };
+            if answer.status == 410 {
+                self.shared.lock().counters.unkillable_runners_stopped += 1;
+                return End::Lost;
+            }
+            let nomad = self.shared.lock().nomad.clone();
+            let outliving = nomad.map_or(0, |nomad| nomad.commands_outliving_in_job(runner));
+            if outliving > 0 {
+                self.violate(
+                    Invariant::UnkillableCommandStopsRunner,
+                    format!(
+                        "{runner}: the command ignored the interrupt at its time limit and runs \
+                         on ({outliving} processes), and the runner still answers {} after the \
+                         close",
+                        answer.status
+                    ),
+                );
+            }
+        }
         if run.timeout {
             let limit = Duration::from_secs(limit);
             if run.elapsed + Duration::from_millis(500) < limit
@@ -501,7 +553,11 @@ impl Client {
         while let Some(message) = socket.next().await {
             let text = match message {
                 Ok(Message::Text(text)) => text,
-                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(Message::Close(_)) => {
+                    run.closed = true;
+                    break;
+                }
+                Err(_) => break,
                 Ok(_) => continue,
             };
             let value: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
@@ -562,6 +618,8 @@ struct Run {
     /// From `start` to the final answer.
     elapsed: Duration,
     problem: Option<String>,
+    /// The server's close frame came (the connection did not just break).
+    closed: bool,
 }
 
 impl Run {

@@ -148,6 +148,7 @@ async fn session(
         return close(socket, 1008, "command is not present".into()).await;
     }
     let tty = param("tty").is_some_and(|t| t == "true");
+    let stderr_reader = trident_backends::nomad::commands::decode_stderr_reader(&argv).is_some();
     let target = nomad.lock().exec_target(&alloc_id, &task);
     let target = match target {
         Ok(target) => target,
@@ -273,7 +274,7 @@ async fn session(
         // The session ends; the process does not (§7.5). Its stdin reaches end of file when the
         // session's senders go with this function, and its output has nowhere to go.
         if let Some(running) = run.take() {
-            nomad.outlive(alloc_id, target.incarnation, running);
+            nomad.outlive(alloc_id, target.incarnation, running, stderr_reader);
         }
         return;
     }

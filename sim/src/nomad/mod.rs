@@ -115,8 +115,9 @@ struct Shared {
     /// (taking the entry) leaves the pipe to whoever holds write ends. Every entry belongs to a
     /// live reader process, which removes it when it ends: bounded by the open exec sessions.
     fifos: Mutex<BTreeMap<(String, String), FifoWriter>>,
-    /// How many processes run on after their exec session ended, by allocation (no entry: none).
-    outliving: Mutex<BTreeMap<String, usize>>,
+    /// How many processes run on after their exec session ended, by allocation and whether they
+    /// are Trident's stderr readers (no entry: none).
+    outliving: Mutex<BTreeMap<(String, bool), usize>>,
     /// Tokio time zero of this fake.
     start: Instant,
     wake: watch::Sender<u64>,
@@ -206,7 +207,7 @@ impl FakeNomad {
             .contains_key(&(alloc_id.to_owned(), path.to_owned()))
     }
 
-    fn outliving(&self) -> MutexGuard<'_, BTreeMap<String, usize>> {
+    fn outliving(&self) -> MutexGuard<'_, BTreeMap<(String, bool), usize>> {
         self.shared
             .outliving
             .lock()
@@ -216,20 +217,33 @@ impl FakeNomad {
     /// Lets an exec's process run on after its session ended, as Docker does (`nomad-api.md`
     /// §7.5): the task that runs it belongs to the allocation and ends when the process ends or
     /// the container it ran in does (a restart, a stop, a loss).
-    pub(crate) fn outlive(&self, alloc_id: String, incarnation: u64, running: Running) {
+    /// `stderr_reader`: the process is Trident's stderr reader (it ends by itself once its fifo
+    /// is gone), not a command.
+    pub(crate) fn outlive(
+        &self,
+        alloc_id: String,
+        incarnation: u64,
+        running: Running,
+        stderr_reader: bool,
+    ) {
         {
             let mut outliving = self.outliving();
-            let count = outliving.entry(alloc_id.clone()).or_default();
-            if *count >= OUTLIVING_PER_ALLOCATION_MAX {
+            let in_allocation: usize = outliving
+                .range((alloc_id.clone(), false)..=(alloc_id.clone(), true))
+                .map(|(_, count)| count)
+                .sum();
+            if in_allocation >= OUTLIVING_PER_ALLOCATION_MAX {
                 return;
             }
-            *count += 1;
+            *outliving
+                .entry((alloc_id.clone(), stderr_reader))
+                .or_default() += 1;
         }
         let nomad = self.clone();
         tokio::spawn(async move {
             let _counted = Outliving {
                 nomad: nomad.clone(),
-                alloc_id: alloc_id.clone(),
+                key: (alloc_id.clone(), stderr_reader),
             };
             let mut wake = nomad.shared.wake.subscribe();
             let alive = |nomad: &FakeNomad| {
@@ -256,7 +270,30 @@ impl FakeNomad {
     /// How many processes run on in `alloc_id` after their exec sessions ended (see
     /// [`FakeNomad::outlive`]).
     pub fn processes_outliving(&self, alloc_id: &str) -> usize {
-        self.outliving().get(alloc_id).copied().unwrap_or(0)
+        let key = |reader| (alloc_id.to_owned(), reader);
+        self.outliving()
+            .range(key(false)..=key(true))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// How many commands (processes other than Trident's stderr readers) run on in the
+    /// allocations of job `job_id` after their exec sessions ended. Reads no clock, so it may be
+    /// called from outside the fake's runtime (the simulation's clients).
+    pub fn commands_outliving_in_job(&self, job_id: &str) -> usize {
+        let outliving = self.outliving().clone();
+        let state = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        outliving
+            .iter()
+            .filter(|((alloc_id, reader), _)| {
+                !reader && state.alloc(alloc_id).is_some_and(|a| a.job_id == job_id)
+            })
+            .map(|(_, count)| count)
+            .sum()
     }
 
     /// The axum router serving the Nomad API.
@@ -342,6 +379,16 @@ impl FakeNomad {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .index()
+    }
+
+    /// The raft index at which job `id` was last purged, if it is among the latest purges (a
+    /// few thousand). Reads no clock, so it may be called from outside the fake's runtime.
+    pub fn purged_at(&self, id: &str) -> Option<u64> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .purged_at(id)
     }
 
     /// The current raft index.
@@ -431,16 +478,16 @@ pub struct Census {
 /// Counts one outliving process for as long as it runs.
 struct Outliving {
     nomad: FakeNomad,
-    alloc_id: String,
+    key: (String, bool),
 }
 
 impl Drop for Outliving {
     fn drop(&mut self) {
         let mut outliving = self.nomad.outliving();
-        if let Some(count) = outliving.get_mut(&self.alloc_id) {
+        if let Some(count) = outliving.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                outliving.remove(&self.alloc_id);
+                outliving.remove(&self.key);
             }
         }
     }

@@ -357,6 +357,9 @@ pub(crate) struct Alloc {
     pub(crate) fs: Fs,
 }
 
+/// Purged jobs remembered for [`State::purged_at`].
+const PURGES_KEPT: usize = 4096;
+
 /// Client statuses Nomad counts as terminal (§5.4).
 fn client_terminal(status: &str) -> bool {
     matches!(status, "complete" | "failed" | "lost")
@@ -458,6 +461,10 @@ pub(crate) struct State {
     pub(crate) faults: FaultState,
     /// Bumped to end every open event stream.
     pub(crate) stream_generation: u64,
+    /// The raft index at which each of the latest [`PURGES_KEPT`] purged jobs was purged, and
+    /// their order.
+    purges: BTreeMap<(String, String), u64>,
+    purge_order: std::collections::VecDeque<(String, String)>,
     /// HTTP requests received, by `METHOD /route` (see `http::route_of`), refused ones included.
     pub(crate) requests: BTreeMap<String, u64>,
     /// Bumped after every change: event streams and execs re-check the state.
@@ -520,6 +527,8 @@ impl State {
             next_host_port: 20_000,
             faults: FaultState::default(),
             stream_generation: 0,
+            purges: BTreeMap::new(),
+            purge_order: std::collections::VecDeque::new(),
             requests: BTreeMap::new(),
             wake,
             timer_wake,
@@ -804,6 +813,14 @@ impl State {
         }))
     }
 
+    /// The raft index at which job `id` (default namespace) was last purged, if it is among the
+    /// latest [`PURGES_KEPT`] purges.
+    pub(crate) fn purged_at(&self, id: &str) -> Option<u64> {
+        self.purges
+            .get(&("default".to_owned(), id.to_owned()))
+            .copied()
+    }
+
     /// `DELETE /v1/job/:id` (§3.5): `(body, X-Nomad-Index)`.
     pub(crate) fn deregister(&mut self, namespace: &str, id: &str, purge: bool) -> (Value, u64) {
         let key = (namespace.to_owned(), id.to_owned());
@@ -814,6 +831,14 @@ impl State {
         let job_modify_index;
         if purge {
             let mut job = self.jobs.remove(&key).expect("checked above");
+            if self.purge_order.len() >= PURGES_KEPT
+                && let Some(oldest) = self.purge_order.pop_front()
+            {
+                self.purges.remove(&oldest);
+            }
+            if self.purges.insert(key.clone(), tx.index).is_none() {
+                self.purge_order.push_back(key.clone());
+            }
             job.modify_index = tx.index;
             job.status = "dead";
             job_modify_index = job.job_modify_index;
