@@ -1228,33 +1228,40 @@ fn the_invariant_check_detects_a_corrupted_timer_set() {
     assert_eq!(violation.name, "timers-derived");
 }
 
-#[test]
-fn an_up_reported_after_the_snapshot_wins_over_a_pending_listing() {
+/// A runner this manager does not know yet comes up after an inventory was taken that lists it
+/// as `status`; the inventory arrives next. Pool of 2 with one runner up and one starting: room
+/// for the adopted one to stay idle. Returns the fixture and the runner, which must be idle: the
+/// newer report says it is up.
+fn up_reported_after_the_snapshot(status: InventoryStatus) -> (Fixture, RunnerId) {
     let mut fixture = Fixture::new();
-    // Pool of 2 with one runner up and one starting: room for the adopted one to stay idle.
     let started = fixture.environment(2);
     fixture.up(&started[..1]);
-    let restarted = RunnerId::new(ENV, Uuid(9));
+    let late = RunnerId::new(ENV, Uuid(9));
     let as_of = fixture.now;
     fixture.advance(Duration::from_secs(1));
-    // A runner this manager does not know yet comes up; the inventory was taken before.
-    fixture.manager.runner_up(fixture.now, restarted, ports(80));
+    fixture.manager.runner_up(fixture.now, late, ports(80));
     fixture.drain();
     fixture.manager.reconcile(
         fixture.now,
         Inventory {
             as_of,
             environments: vec![(ENV, spec(2))],
-            runners: vec![listed(restarted, InventoryStatus::Pending, None)],
+            runners: vec![listed(late, status, None)],
         },
     );
     assert!(
         matches!(
-            fixture.manager.runners[&restarted].state,
+            fixture.manager.runners[&late].state,
             RunnerState::Idle { .. }
         ),
         "the newer report says it is up"
     );
+    (fixture, late)
+}
+
+#[test]
+fn an_up_reported_after_the_snapshot_wins_over_a_pending_listing() {
+    let (mut fixture, restarted) = up_reported_after_the_snapshot(InventoryStatus::Pending);
     // An older report is covered by the snapshot: pending stays pending.
     let other = RunnerId::new(ENV, Uuid(10));
     fixture.manager.runner_up(fixture.now, other, vec![]);
@@ -1314,31 +1321,7 @@ fn a_recovered_runner_whose_start_failed_unseen_is_purged_not_waited_for() {
 
 #[test]
 fn a_failed_listing_of_a_runner_reported_up_after_the_snapshot_keeps_it() {
-    let mut fixture = Fixture::new();
-    let started = fixture.environment(2);
-    fixture.up(&started[..1]);
-    let placed_late = RunnerId::new(ENV, Uuid(9));
-    let as_of = fixture.now;
-    fixture.advance(Duration::from_secs(1));
-    fixture
-        .manager
-        .runner_up(fixture.now, placed_late, ports(80));
-    fixture.drain();
-    fixture.manager.reconcile(
-        fixture.now,
-        Inventory {
-            as_of,
-            environments: vec![(ENV, spec(2))],
-            runners: vec![listed(placed_late, InventoryStatus::Failed, None)],
-        },
-    );
-    assert!(
-        matches!(
-            fixture.manager.runners[&placed_late].state,
-            RunnerState::Idle { .. }
-        ),
-        "the newer report says it is up"
-    );
+    let (mut fixture, placed_late) = up_reported_after_the_snapshot(InventoryStatus::Failed);
     assert!(!stops(&fixture.drain()).contains(&placed_late));
 }
 
