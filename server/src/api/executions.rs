@@ -49,6 +49,10 @@ use crate::monitoring::requests::RequestStart;
 
 /// How long a command may take to stop after the interrupt, before its process tree is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// How long the server waits for a command still being opened when its time limit passed, to
+/// stop it once it runs. The backends bound an open themselves (Nomad: two exec handshakes of at
+/// most 10 s each, after the allocation lookup); this bounds a backend that does not.
+const LATE_OPEN_MAX: Duration = Duration::from_secs(60);
 /// How long the client may take to accept a message outside the output loop (`start`, the
 /// ending, the close): one that stopped reading must not hold the execution's task forever.
 const LAST_SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -431,10 +435,14 @@ async fn run<E: Executor>(
             (None, Some(opening)) => tokio::select! {
                 biased;
                 () = stopping.cancelled() => None,
-                opened = opening => match opened {
-                    Ok(process) => Some(process),
-                    Err(error) => {
+                opened = tokio::time::timeout(LATE_OPEN_MAX, opening) => match opened {
+                    Ok(Ok(process)) => Some(process),
+                    Ok(Err(error)) => {
                         tracing::info!(%error, "the command did not start after its time limit");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!("the command was still being opened {LATE_OPEN_MAX:?} after its time limit; giving it up");
                         None
                     }
                 },
