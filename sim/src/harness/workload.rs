@@ -355,7 +355,11 @@ impl Client {
             // runner, and the command may run on in it.
             self.unstopped = Some(runner.to_owned());
         }
-        if unkillable && run.timeout && run.closed && self.unstopped.as_deref() != Some(runner) {
+        if unkillable
+            && (run.timeout || run.error.is_some())
+            && run.closed
+            && self.unstopped.as_deref() != Some(runner)
+        {
             // The server closed the execution after its stop: the runner was stopped by then,
             // unless the command never started (its exec could not be opened).
             let Some(answer) = self
@@ -378,9 +382,10 @@ impl Client {
                 self.violate(
                     Invariant::UnkillableCommandStopsRunner,
                     format!(
-                        "{runner}: the command ignored the interrupt at its time limit and runs \
+                        "{runner}: the command ignored the interrupt, ended with {}, and runs \
                          on ({outliving} processes), and the runner still answers {} after the \
                          close",
+                        run.summary(),
                         answer.status
                     ),
                 );
