@@ -899,20 +899,16 @@ async fn a_command_that_ignores_the_interrupt_is_ended_by_stopping_its_runner() 
 }
 
 /// §10 row 21: exec sessions end by a dropped connection, without the exit frame. Nobody saw
-/// the command finish: an interactive execution delivers its output and then Poseidon's error
-/// message, not Poseidon's exit 0 (an exit code the command may never have produced); a file
-/// copy or a listing is not reported done.
+/// the command finish: a file copy or a listing is not reported done, and an interactive
+/// execution delivers its output and then Poseidon's error message, not Poseidon's exit 0 (an
+/// exit code the command may never have produced). Since the command may still run (Nomad does
+/// not end it with the session), its runner is stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_sessions_without_an_exit_frame_do_not_confirm_file_operations() {
+async fn exec_sessions_without_an_exit_frame_confirm_nothing_and_cost_the_runner() {
     let cluster = Cluster::start(fast(), &[]).await;
-    cluster.server.environment(ENV, 1, 128).await;
+    cluster.server.environment(ENV, 2, 128).await;
     let held = cluster.server.claim(ENV, 0).await;
     cluster.inject(Fault::ExecDropBeforeExit(true));
-
-    let run = cluster.run(&held, "echo dropped").await;
-    assert_eq!(run.text("stdout").trim(), "dropped", "{run:?}");
-    assert_eq!(exit_code(&run), None, "{run:?}");
-    assert_eq!(run.last_control()["type"], "error", "{run:?}");
 
     let (code, body) = cluster.copy(&held, "a.txt", b"unconfirmed").await;
     assert_eq!(code, 500, "{body}");
@@ -935,10 +931,17 @@ async fn exec_sessions_without_an_exit_frame_do_not_confirm_file_operations() {
         .expect("list");
     assert_eq!(listing.status(), 500);
 
+    let run = cluster.run(&held, "echo dropped").await;
+    assert_eq!(run.text("stdout").trim(), "dropped", "{run:?}");
+    assert_eq!(exit_code(&run), None, "{run:?}");
+    assert_eq!(run.last_control()["type"], "error", "{run:?}");
+    wait_runner_stopped(&cluster, &held).await;
+
     cluster.inject(Fault::ExecDropBeforeExit(false));
-    assert_eq!(cluster.copy(&held, "a.txt", b"confirmed").await.0, 204);
+    let fresh = cluster.server.claim(ENV, 0).await;
+    assert_eq!(cluster.copy(&fresh, "a.txt", b"confirmed").await.0, 204);
     assert_eq!(
-        cluster.download(&held, "a.txt").await,
+        cluster.download(&fresh, "a.txt").await,
         (200, b"confirmed".to_vec())
     );
 }
