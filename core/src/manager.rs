@@ -576,10 +576,7 @@ impl Manager {
         execution: ExecutionId,
     ) -> Result<(), RunnerError> {
         self.advance(now);
-        let claim = self.claimed(runner).ok_or(RunnerError::NotClaimed)?;
-        if !claim.executions.contains(&execution) {
-            return Err(RunnerError::UnknownExecution);
-        }
+        self.open_execution(runner, execution)?;
         self.update_claim(runner, |claim| {
             claim.executions.remove(&execution);
         });
@@ -598,10 +595,7 @@ impl Manager {
         execution: ExecutionId,
     ) -> Result<(), RunnerError> {
         self.advance(now);
-        let claim = self.claimed(runner).ok_or(RunnerError::NotClaimed)?;
-        if !claim.executions.contains(&execution) {
-            return Err(RunnerError::UnknownExecution);
-        }
+        self.open_execution(runner, execution)?;
         self.begin_stop(runner, LeaseEndCause::ExecutionNotStopped);
         self.debug_check();
         Ok(())
@@ -1179,6 +1173,16 @@ impl Manager {
         match &self.runners.get(&runner)?.state {
             RunnerState::Claimed(claim) => Some(claim),
             _ => None,
+        }
+    }
+
+    /// `Ok` when `runner` is claimed and `execution` is one of its open executions.
+    fn open_execution(&self, runner: RunnerId, execution: ExecutionId) -> Result<(), RunnerError> {
+        let claim = self.claimed(runner).ok_or(RunnerError::NotClaimed)?;
+        if claim.executions.contains(&execution) {
+            Ok(())
+        } else {
+            Err(RunnerError::UnknownExecution)
         }
     }
 

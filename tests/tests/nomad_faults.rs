@@ -845,7 +845,20 @@ async fn slow_exec_sessions_are_bounded_by_the_time_limit() {
 async fn wait_runner_stopped(cluster: &Cluster, runner: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let held = cluster.copy(runner, "probe.txt", b"").await.0 != 410;
+        // A listing: a probe that wrote would change the runner while it is still held.
+        let held = cluster
+            .server
+            .client
+            .get(
+                cluster
+                    .server
+                    .url(&format!("/runners/{runner}/files?path=./")),
+            )
+            .send()
+            .await
+            .expect("list")
+            .status()
+            != 410;
         if !held && !cluster.runner_jobs().await.contains(runner) {
             return;
         }

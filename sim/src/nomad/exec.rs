@@ -13,6 +13,9 @@
 //! discipline for one key: a Ctrl-\\ byte (0x1c) in stdin is taken out of the input and ends the
 //! process as SIGQUIT does (exit code 131), unless the command ran `trap '' QUIT`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -21,15 +24,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use trident_backends::nomad::commands::{self, INTERRUPT_BYTE};
 
 use super::driver::{Output, Process};
 use super::{FakeNomad, Running};
 
-/// Ctrl-\\ on a terminal: SIGQUIT for the foreground process group.
-const INTERRUPT: u8 = 0x1c;
 /// Raw bytes per output frame (the driver's read size, §7.4).
 const FRAME_BYTES_MAX: usize = 1024;
 /// Chunks queued between the websocket and the process, each way.
@@ -148,7 +147,7 @@ async fn session(
         return close(socket, 1008, "command is not present".into()).await;
     }
     let tty = param("tty").is_some_and(|t| t == "true");
-    let stderr_reader = trident_backends::nomad::commands::decode_stderr_reader(&argv).is_some();
+    let stderr_reader = commands::decode_stderr_reader(&argv).is_some();
     let target = nomad.lock().exec_target(&alloc_id, &task);
     let target = match target {
         Ok(target) => target,
@@ -224,10 +223,10 @@ async fn session(
             message = socket.recv(), if pending_stdin.is_none() => match message {
                 Some(Ok(Message::Text(text))) => match parse_input(text.as_str()) {
                     Input::Stdin(mut bytes) => {
-                        if tty && bytes.contains(&INTERRUPT) {
+                        if tty && bytes.contains(&INTERRUPT_BYTE) {
                             // The line discipline takes Ctrl-\ out of the input and sends SIGQUIT
                             // to the foreground process group: the whole command.
-                            bytes.retain(|byte| *byte != INTERRUPT);
+                            bytes.retain(|byte| *byte != INTERRUPT_BYTE);
                             if exit_code.is_none() && !quit_ignored.load(Ordering::Relaxed) {
                                 run = None;
                                 exit_code = Some(128 + 3);

@@ -281,7 +281,8 @@ impl FakeNomad {
     /// allocations of job `job_id` after their exec sessions ended. Reads no clock, so it may be
     /// called from outside the fake's runtime (the simulation's clients).
     pub fn commands_outliving_in_job(&self, job_id: &str) -> usize {
-        let outliving = self.outliving().clone();
+        // Lock order: `outliving`, then the state (nothing takes them the other way round).
+        let outliving = self.outliving();
         let state = self
             .shared
             .state
