@@ -27,8 +27,9 @@
 //!   or background jobs to bomb with;
 //! - `a_hundred_megabytes_of_output_stream_with_bounded_server_memory`: the command is a pipe
 //!   (`head | tr`); the Nomad output limit under a flood is in the hostile suite;
-//! - `a_client_disconnect_kills_the_process`: it needs `$$`, `kill -0` and loops; the fake drops
-//!   the process with the exec WebSocket, so there is nothing to observe;
+//! - `a_client_disconnect_kills_the_process`: it needs `$$`, `kill -0` and loops, which the toy
+//!   shell lacks (on Nomad a command that outlives its interrupt costs the runner, pinned by
+//!   `nomad_faults.rs`'s `a_command_that_ignores_the_interrupt_is_ended_by_stopping_its_runner`);
 //! - `sigterm_ends_executions_with_a_going_away_error_and_removes_every_sandbox`: sandboxes are
 //!   the local backend's (the going-away error on Nomad is `nomad.rs`'s
 //!   `sigterm_ends_executions_with_a_going_away_error`);
@@ -44,9 +45,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use trident_tests::{Backend, Server};
 
 /// Runs each `async fn name(backend: Backend)` as two tests, `name::local` and `name::nomad`.
-/// Multi-threaded: a dropped
-/// server blocks its thread while it waits for the process to exit, and the fake Nomad has to
-/// keep serving the server's last calls meanwhile.
+/// Multi-threaded: a dropped server blocks its thread while it waits for the process to exit,
+/// and the fake Nomad has to keep serving the server's last calls meanwhile.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         $(
